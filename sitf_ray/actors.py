@@ -1,0 +1,272 @@
+"""Ray actors that do the hot work (vLLM generators, PRM scorers) and the pool that drives them.
+
+`ReplicaPool` splits a large request into fixed chunks, hands them to R replicas from one queue (the
+fastest replica takes the most), returns results in input order, and survives a replica dying mid-request:
+it starts a new one in the same placement-group bundle, replays the latest weight broadcast, and
+re-issues the lost chunk. Chunk c of a request with seed s is always sampled with seed chunk_seed(s, c),
+so results do not depend on which replica ran what, or on restarts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from .engines.base import Completion, EngineSpec, GenParams, chunk_seed, make_engine
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+# Quiet, in-process vLLM inside actors; tokenizers must not fork thread pools under Ray.
+ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
+             "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
+             "RAY_DEDUP_LOGS": "1"}
+
+
+class StaleWeightsError(RuntimeError):
+    """A replica was asked for a weight version it does not hold."""
+
+
+@ray.remote
+class Generator:
+    """One engine replica (vLLM or HF) in its own worker process."""
+
+    def __init__(self, spec: EngineSpec, replica: int):
+        os.environ.update({k: v for k, v in ACTOR_ENV.items()})
+        os.environ["OMP_NUM_THREADS"] = str(spec.threads)
+        self.replica = replica
+        self.engine = make_engine(spec)
+        self.dist_ident = os.environ.get("VLLM_DIST_IDENT", "")
+
+    def generate(self, prompts: list[str], params: GenParams, seed: int,
+                 min_version: int = 0) -> list[list[Completion]]:
+        if self.engine.version < min_version:
+            raise StaleWeightsError(f"replica {self.replica} holds weights v{self.engine.version}, "
+                                    f"request needs v{min_version}")
+        return self.engine.generate(prompts, params, seed)
+
+    def load_state(self, state: dict, version: int) -> str:
+        return self.engine.load_state(state, version)
+
+    def load_adapter(self, files: dict, version: int) -> str:
+        return self.engine.load_adapter(files, version)
+
+    def info(self) -> dict:
+        return {"replica": self.replica, "version": self.engine.version, "digest": self.engine.digest,
+                "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "dist_ident": self.dist_ident}
+
+    def close(self):
+        self.engine.close()
+
+
+_ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@dataclass
+class PoolStats:
+    requests: int = 0
+    chunks: int = 0
+    restarts: int = 0
+    reissued_chunks: int = 0
+
+
+class ReplicaPool:
+    """R replicas of one actor class in a placement group, fed from one queue of chunks."""
+
+    def __init__(self, actor_cls, make_args: Callable[[int], tuple], replicas: int, cpus: float = 1.0,
+                 gpus: float = 0.0, strategy: str = "PACK", name: str = "pool", max_restarts: int = 3):
+        self.actor_cls, self.make_args, self.name = actor_cls, make_args, name
+        self.cpus, self.gpus, self.max_restarts = cpus, gpus, max_restarts
+        bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
+        self.pg = placement_group([bundle] * replicas, strategy=strategy, name=f"sitf-{name}")
+        ready, _ = ray.wait([self.pg.ready()], timeout=float(os.environ.get("SITF_PG_TIMEOUT", 600)))
+        if not ready:
+            remove_placement_group(self.pg)
+            raise RuntimeError(f"{name}: cluster cannot place {replicas} replicas of {bundle} "
+                               f"(strategy {strategy}); lower the cluster.* resources or add nodes")
+        self.actors = [self._start(i) for i in range(replicas)]
+        self.replayed: dict[str, tuple] = {}   # last broadcast per method, replayed on restarted replicas
+        self.stats = PoolStats()
+        self._wait_ready()
+
+    # ------------------------------------------------------------------------------------ replicas
+    def _start(self, i: int):
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+        opts = dict(num_cpus=self.cpus, num_gpus=self.gpus, scheduling_strategy=strategy,
+                    runtime_env={"env_vars": ACTOR_ENV})
+        return self.actor_cls.options(**opts).remote(*self.make_args(i))
+
+    def _wait_ready(self):
+        # The first call on each actor raises if its constructor failed: surface that error now.
+        ray.get([a.info.remote() for a in self.actors])
+
+    def _restart(self, i: int):
+        self.stats.restarts += 1
+        if self.stats.restarts > self.max_restarts * len(self.actors):
+            raise RuntimeError(f"{self.name}: replicas died {self.stats.restarts} times; giving up")
+        log.warning("%s: replica %d died; restarting it and replaying its weights", self.name, i)
+        try:
+            ray.kill(self.actors[i], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[i] = self._start(i)
+        for method, args in self.replayed.items():
+            ray.get(getattr(self.actors[i], method).remote(*args))
+
+    def broadcast(self, method: str, *args) -> list:
+        """Call `method(*args)` on every replica (large args go to the object store once)."""
+        refs = tuple(ray.put(a) if not isinstance(a, (int, float, str)) else a for a in args)
+        self.replayed[method] = refs
+        out = []
+        for i in range(len(self.actors)):
+            while True:
+                try:
+                    out.append(ray.get(getattr(self.actors[i], method).remote(*refs)))
+                    break
+                except _ACTOR_FAILURES:
+                    self._restart(i)   # replays `method` itself, then we ask again
+        return out
+
+    def call_all(self, method: str, *args) -> list:
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    # -------------------------------------------------------------------------------------- map
+    def map(self, method: str, items: list, chunk_size: int, *, seed: Optional[int] = None,
+            desc: str = "", unit: str = "item", **kwargs) -> list:
+        """Ordered results of `method(chunk, ..., seed=chunk_seed(seed, c), **kwargs)` over all chunks."""
+        chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
+        results: list[Any] = [None] * len(chunks)
+        todo = list(range(len(chunks)))[::-1]       # pop() takes chunks in order
+        busy: dict = {}                              # ref -> (replica, chunk index)
+        depth = 2                                    # chunks queued per replica (keeps it fed)
+        self.stats.requests += 1
+        self.stats.chunks += len(chunks)
+
+        def submit(i: int):
+            c = todo.pop()
+            kw = dict(kwargs)
+            if seed is not None:
+                kw["seed"] = chunk_seed(seed, c)
+            busy[getattr(self.actors[i], method).remote(chunks[c], **kw)] = (i, c)
+
+        with progress(total=len(items), desc=desc or f"{self.name}.{method}", unit=unit) as bar:
+            for _ in range(depth):
+                for i in range(len(self.actors)):
+                    if todo:
+                        submit(i)
+            while busy:
+                done, _ = ray.wait(list(busy), num_returns=1)
+                ref = done[0]
+                i, c = busy.pop(ref)
+                try:
+                    results[c] = ray.get(ref)
+                except _ACTOR_FAILURES:
+                    # Every chunk queued on the dead replica is lost: requeue all of them, once each.
+                    lost = [c] + [cc for r, (ii, cc) in list(busy.items()) if ii == i]
+                    for r in [r for r, (ii, _) in busy.items() if ii == i]:
+                        busy.pop(r)
+                    self.stats.reissued_chunks += len(lost)
+                    todo.extend(sorted(lost, reverse=True))
+                    self._restart(i)
+                    for _ in range(depth):
+                        if todo:
+                            submit(i)
+                    continue
+                bar.update(len(chunks[c]))
+                if todo:
+                    submit(i)
+        return [r for chunk in results for r in chunk]
+
+    def shutdown(self):
+        infos = []
+        try:
+            infos = ray.get([a.info.remote() for a in self.actors], timeout=30)
+            ray.get([a.close.remote() for a in self.actors if hasattr(a, "close")], timeout=30)
+        except Exception:
+            pass
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+        remove_placement_group(self.pg)
+        _cleanup_vllm_dist_files(infos)
+
+
+def _cleanup_vllm_dist_files(infos: list[dict]):
+    """vLLM's in-process engine leaves /tmp/vllm_dist_* rendezvous files behind when its actor is killed."""
+    import tempfile
+    for info in infos:
+        ident = info.get("dist_ident") or ""
+        if ident.startswith("vllm_dist_"):
+            try:
+                os.remove(os.path.join(tempfile.gettempdir(), ident))
+            except OSError:
+                pass
+
+
+class GeneratorPool:
+    """Generators for one model: sampling, MC rollouts and greedy evaluation all go through here."""
+
+    def __init__(self, spec: EngineSpec, replicas: int, cpus: float = 1.0, gpus: float = 0.0,
+                 strategy: str = "PACK", chunk_size: int = 256):
+        t = time.time()
+        self.spec, self.chunk_size = spec, chunk_size
+        self.pool = ReplicaPool(Generator, lambda i: (spec, i), replicas, cpus, gpus, strategy, name="generator")
+        self.version = 0
+        self.start_seconds = time.time() - t
+
+    def generate(self, prompts: list[str], params: GenParams, seed: int, desc: str = "generate") -> list[list[Completion]]:
+        if not prompts:
+            return []
+        return self.pool.map("generate", prompts, self.chunk_size, seed=seed, desc=desc, unit="prompt",
+                             params=params, min_version=self.version)
+
+    def load_state(self, state: dict, version: int) -> list[str]:
+        digests = self.pool.broadcast("load_state", state, version)
+        self.version = version
+        return digests
+
+    def load_adapter(self, files: dict, version: int) -> list[str]:
+        digests = self.pool.broadcast("load_adapter", files, version)
+        self.version = version
+        return digests
+
+    def info(self) -> list[dict]:
+        return self.pool.call_all("info")
+
+    @property
+    def actors(self):
+        return self.pool.actors
+
+    @property
+    def stats(self) -> PoolStats:
+        return self.pool.stats
+
+    def shutdown(self):
+        self.pool.shutdown()
+
+
+def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
+    """Connect to the cluster in RAY_ADDRESS (ray job submit) or start a local Ray."""
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
+    kw: dict = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
+    if os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(**kw)
+        except ConnectionError as e:
+            raise RuntimeError(f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: "
+                               f"{e}") from None
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+    return ray.cluster_resources()

@@ -1,0 +1,204 @@
+"""`sitf-ray` command line (DESIGN.md §3). Exit status 2 = bad config or arguments, 1 = the run failed."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+QUICKSTART = ["method=sipf", "baselines=[outcome,sft]"]
+
+
+def _cfg(path, overrides):
+    from . import config as C
+    return C.load(path, overrides)
+
+
+def cmd_quickstart(a) -> int:
+    from . import config as C
+    from .pipeline import run
+    from .report import table
+    cfg = C.load(None, QUICKSTART + a.overrides)
+    t0 = time.time()
+    res = run(cfg, a.out, resume=(Path(a.out) / "config.yaml").exists() and a.resume)
+    print("\n" + table(res))
+    print(f"\nquickstart finished in {(time.time() - t0) / 60:.1f} min; run directory: {a.out} "
+          f"(report: {Path(a.out) / 'report.md'})")
+    return 0
+
+
+def cmd_run(a) -> int:
+    from .pipeline import run
+    from .report import table
+    cfg = _cfg(a.config, a.overrides)
+    res = run(cfg, a.out or f"runs/{Path(a.config).stem}")
+    print("\n" + table(res))
+    return 0
+
+
+def cmd_resume(a) -> int:
+    from . import config as C
+    from .pipeline import run
+    from .report import table
+    path = Path(a.dir) / "config.yaml"
+    if not path.exists():
+        raise C.ConfigError(f"{a.dir}: no config.yaml here; nothing to resume")
+    res = run(C.load(path, a.overrides), a.dir, resume=True)
+    print("\n" + table(res))
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from . import config as C
+    from .actors import init_ray
+    from .pipeline import Context, load_policy, prepare, shutdown
+    from .evaluate import evaluate
+    cfg = C.load(Path(a.dir) / "config.yaml")
+    init_ray(cfg.cluster.num_cpus or max(8, 2 * (os.cpu_count() or 1)))
+    ctx: Context = prepare(cfg, a.dir, resume=True)
+    its = sorted(Path(a.dir).glob("iter_*/policy"))
+    if not its:
+        print(f"{a.dir}: no trained policy yet", file=sys.stderr)
+        return 1
+    policy = Path(a.dir) / f"iter_{a.iteration:02d}" / "policy" if a.iteration is not None else its[-1]
+    if not policy.exists():
+        print(f"{policy}: no such policy", file=sys.stderr)
+        return 1
+    try:
+        load_policy(ctx, policy)
+        rows = ctx.splits["test"] if a.split == "test" else ctx.splits[a.split]
+        res = evaluate(ctx.pool, ctx.task, rows, cfg.eval.max_tokens)
+        print(f"{policy}: {a.split} accuracy {res['accuracy']:.4f} ({res['correct']}/{res['n']})")
+    finally:
+        shutdown(ctx)
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .artifacts import read_json
+    from .report import table, write_report
+    out = write_report(a.dir)
+    print(table(read_json(Path(a.dir) / "results.json")))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from . import config as C
+    from .pipeline import run
+    from .report import table
+    methods = a.methods.split(",")
+    cfg = C.load(a.config, a.overrides + [f"method={methods[0]}", f"baselines=[{','.join(methods[1:])}]"])
+    res = run(cfg, a.out)
+    print("\n" + table(res))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from .serve import serve_forever
+    return serve_forever(a.dir, a.host, a.port, a.overrides)
+
+
+def cmd_bench(a) -> int:
+    from .bench import run_bench
+    return run_bench(a.name, a.out, a.overrides)
+
+
+def cmd_validate_cluster(a) -> int:
+    from .cluster import validate_cluster
+    problems = validate_cluster(a.file, a.config)
+    for p in problems:
+        print(f"{a.file}: {p}", file=sys.stderr)
+    if not problems:
+        print(f"{a.file}: valid")
+    return 2 if problems else 0
+
+
+def cmd_eval_prm(a) -> int:
+    from .bench import eval_prm
+    return eval_prm(a.dir, a.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sitf-ray", description="Self-iterative process feedback (SIPF) on Ray, "
+                                "vLLM and TRL. Overrides are key=value, e.g. orpo.beta=0.1.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quickstart", help="tiny model on arith: SFT, 3 SIPF iterations, baselines, report")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--fresh", dest="resume", action="store_false", help="refuse to continue an earlier run")
+    q.add_argument("overrides", nargs="*")
+    q.set_defaults(fn=cmd_quickstart)
+
+    r = sub.add_parser("run", help="run a config (YAML) end to end")
+    r.add_argument("config")
+    r.add_argument("--out")
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(fn=cmd_run)
+
+    r = sub.add_parser("resume", help="continue a run directory after a crash")
+    r.add_argument("dir")
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(fn=cmd_resume)
+
+    r = sub.add_parser("eval", help="evaluate a run's policy (latest or --iteration K)")
+    r.add_argument("dir")
+    r.add_argument("--iteration", type=int)
+    r.add_argument("--split", default="test", choices=["test", "val", "train"])
+    r.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("report", help="rebuild report.md and plots of a run")
+    r.add_argument("dir")
+    r.set_defaults(fn=cmd_report)
+
+    r = sub.add_parser("compare", help="run several methods from one M_0 and tabulate them")
+    r.add_argument("config", nargs="?")
+    r.add_argument("--methods", default="sipf,outcome,rft,sft")
+    r.add_argument("--out", default="runs/compare")
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(fn=cmd_compare)
+
+    r = sub.add_parser("serve", help="Ray Serve API over a trained run")
+    r.add_argument("dir")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=8000)
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(fn=cmd_serve)
+
+    r = sub.add_parser("bench", help="benchmarks: engines, actors, weightsync, labeling, orpo, pipeline")
+    r.add_argument("name", choices=["engines", "actors", "weightsync", "labeling", "orpo", "pipeline"])
+    r.add_argument("--out")
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("eval-prm", help="PRM and label quality of a run (AUC, F1 vs oracle, best-of-N)")
+    r.add_argument("dir")
+    r.add_argument("--out")
+    r.set_defaults(fn=cmd_eval_prm)
+
+    r = sub.add_parser("validate-cluster", help="check a Ray autoscaler cluster.yaml offline")
+    r.add_argument("file")
+    r.add_argument("--config", help="run config whose cluster.* resources must fit the cluster")
+    r.set_defaults(fn=cmd_validate_cluster)
+    return p
+
+
+def main(argv=None) -> int:
+    from .config import ConfigError
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `sitf-ray resume DIR` continues where this stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

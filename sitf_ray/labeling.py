@@ -1,0 +1,181 @@
+"""Process reward estimation: Monte-Carlo step labels (the paper's rule), binary search, or the oracle.
+
+For a sampled path with steps s_1..s_n, prefix i is s_1..s_i. The simulator (a generator pool: the policy
+itself or a stronger model) completes a prefix K times; the step is correct when more than delta of the
+K completions reach the gold answer (hard label) or, as a soft label, the fraction that do.
+
+* A path whose own final answer is right proves all its prefixes right: no rollouts.
+* The complete path (its last step) needs no rollout either: its label is its own correctness.
+* Prefixes are deduplicated across the N paths of a question (they share beginnings).
+* `binary` mode assumes labels fall from right to wrong once and finds the first wrong step with
+  O(log n) prefix probes instead of n (all paths probe in lock-step rounds, one batched call per round).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .engines.base import GenParams
+from .tasks.base import Task
+
+
+@dataclass
+class LabelStats:
+    paths: int = 0
+    steps: int = 0
+    prefixes_probed: int = 0
+    rollouts: int = 0
+    rollout_tokens: int = 0
+    seconds: float = 0.0
+    positives: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def prefix_text(task: Task, row: dict, steps: list[str]) -> str:
+    """What the simulator continues: the question and the first steps, each closed by a newline."""
+    return task.prompt(row) + task.join_steps(steps) + "\n"
+
+
+class Prober:
+    """Runs K rollouts per distinct (question, prefix), caching every answer it has seen."""
+
+    def __init__(self, task: Task, rows: dict, pool, k: int, temperature: float, max_tokens: int, seed: int):
+        self.task, self.rows, self.pool, self.k = task, rows, pool, k
+        self.params = GenParams(n=k, temperature=temperature, max_tokens=max_tokens, stop=tuple(task.stop))
+        self.seed, self.calls = seed, 0
+        self.cache: dict[tuple, int] = {}      # (qid, steps tuple) -> hits out of k
+        self.tokens = 0
+
+    def hits(self, keys: list[tuple]) -> dict[tuple, int]:
+        todo = sorted({k for k in keys if k not in self.cache})
+        if todo:
+            prompts = [prefix_text(self.task, self.rows[q], list(st)) for q, st in todo]
+            outs = self.pool.generate(prompts, self.params, seed=self.seed + 7919 * self.calls,
+                                      desc=f"rollouts x{self.k}")
+            self.calls += 1
+            for (q, st), prompt_outs in zip(todo, outs):
+                done = self.task.join_steps(list(st)) + "\n"
+                self.cache[(q, st)] = sum(self.task.is_correct(self.rows[q], done + c.text) for c in prompt_outs)
+                self.tokens += sum(c.n_tokens for c in prompt_outs)
+        return {k: self.cache[k] for k in keys}
+
+
+def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=None, k: int = 8,
+                  delta: int = 0, temperature: float = 1.0, max_tokens: int = 128, seed: int = 0,
+                  skip_correct_paths: bool = True) -> tuple[list[dict], LabelStats]:
+    """Label every step of every sample. Returns label rows (one per sample) and statistics.
+
+    samples: dicts with id, qid, steps, correct.   rows: qid -> task row (prompt, answer, oracle data).
+    """
+    t0 = time.time()
+    stats = LabelStats(paths=len(samples), steps=sum(len(s["steps"]) for s in samples))
+    prober = Prober(task, rows, pool, k, temperature, max_tokens, seed) if mode in ("mc", "binary") else None
+    fractions: list[list[Optional[float]]] = []
+    for s in samples:
+        n = len(s["steps"])
+        if s["correct"] and skip_correct_paths:
+            fractions.append([1.0] * n)
+        else:   # the complete path is its own rollout
+            fractions.append([None] * (n - 1) + [1.0 if s["correct"] else 0.0])
+
+    if mode == "oracle":
+        if task.step_oracle is None:
+            raise ValueError(f"labeling.mode=oracle: task {task.name!r} has no exact step oracle")
+        fractions = [[float(x) for x in task.step_oracle(rows[s["qid"]], s["steps"])] for s in samples]
+    elif mode == "mc":
+        keys = [(s["qid"], tuple(s["steps"][:i + 1])) for s, fr in zip(samples, fractions)
+                for i, f in enumerate(fr) if f is None]
+        hits = prober.hits(keys)
+        for s, fr in zip(samples, fractions):
+            for i, f in enumerate(fr):
+                if f is None:
+                    fr[i] = hits[(s["qid"], tuple(s["steps"][:i + 1]))] / k
+    elif mode == "binary":
+        _binary_search(samples, fractions, prober, delta, k)
+    else:
+        raise ValueError(f"labeling.mode must be mc, binary or oracle (got {mode!r})")
+
+    out = []
+    for s, fr in zip(samples, fractions):
+        hard = [int(f * k > delta) if mode != "oracle" else int(f) for f in fr]
+        stats.positives += sum(hard)
+        row = {"id": s["id"], "qid": s["qid"], "steps": s["steps"], "labels": hard, "soft": fr,
+               "correct": bool(s["correct"]), "source": mode}
+        if task.step_oracle is not None:
+            row["oracle"] = [int(x) for x in task.step_oracle(rows[s["qid"]], s["steps"])]
+        out.append(row)
+    if prober is not None:
+        stats.prefixes_probed = len(prober.cache)
+        stats.rollouts = len(prober.cache) * k
+        stats.rollout_tokens = prober.tokens
+    stats.seconds = time.time() - t0
+    return out, stats
+
+
+def _binary_search(samples, fractions, prober: Prober, delta: int, k: int):
+    """First wrong step per path by bisection; steps before it right, from it on wrong."""
+    # Search range per path: first error lies in [lo, hi]; hi = n-1 is known wrong (wrong final answer).
+    state = {}
+    for j, (s, fr) in enumerate(zip(samples, fractions)):
+        if fr[0] is None:  # not settled by the path's own correctness
+            state[j] = [0, len(s["steps"]) - 1]
+    probed: dict[int, dict[int, float]] = {j: {} for j in state}
+    while state:
+        keys = {j: (samples[j]["qid"], tuple(samples[j]["steps"][:(lo + hi) // 2 + 1]))
+                for j, (lo, hi) in state.items()}
+        hits = prober.hits(list(keys.values()))
+        for j in list(state):
+            lo, hi = state[j]
+            mid = (lo + hi) // 2
+            h = hits[keys[j]]
+            probed[j][mid] = h / k
+            if h > delta:
+                lo = mid + 1
+            else:
+                hi = mid
+            if lo >= hi:
+                first = lo
+                fr = fractions[j]
+                for i in range(len(fr)):
+                    if i in probed[j]:
+                        fr[i] = probed[j][i]
+                    elif i < len(fr) - 1:
+                        fr[i] = 1.0 if i < first else 0.0
+                del state[j]
+            else:
+                state[j] = [lo, hi]
+
+
+def agreement(labels_a: list[dict], labels_b: list[dict], key_a: str = "labels", key_b: str = "labels") -> float:
+    """Fraction of steps on which two labelings agree (same samples, same order)."""
+    same = total = 0
+    for a, b in zip(labels_a, labels_b):
+        for x, y in zip(a[key_a], b[key_b]):
+            same += int(x == y)
+            total += 1
+    return same / max(1, total)
+
+
+def prf(pred: list[int], gold: list[int]) -> dict:
+    """Precision / recall / F1 of 'step is correct', plus accuracy."""
+    tp = sum(p and g for p, g in zip(pred, gold))
+    fp = sum(p and not g for p, g in zip(pred, gold))
+    fn = sum((not p) and g for p, g in zip(pred, gold))
+    acc = sum(int(p == g) for p, g in zip(pred, gold)) / max(1, len(gold))
+    prec, rec = tp / max(1, tp + fp), tp / max(1, tp + fn)
+    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / max(1e-9, prec + rec), "accuracy": acc,
+            "n": len(gold), "positives": sum(gold)}
+
+
+def versus_oracle(label_rows: list[dict]) -> dict:
+    """Label quality against the exact oracle (tasks that have one)."""
+    pred = [x for r in label_rows if "oracle" in r for x in r["labels"]]
+    gold = [x for r in label_rows if "oracle" in r for x in r["oracle"]]
+    return prf(pred, gold) if gold else {}
+
+
+def trl_stepwise(label_rows: list[dict], prompts: dict) -> list[dict]:
+    """TRL PRMTrainer's stepwise-supervision format: prompt, completions (steps), labels (bools)."""
+    return [{"prompt": prompts[r["qid"]], "completions": r["steps"], "labels": [bool(x) for x in r["labels"]]}
+            for r in label_rows]

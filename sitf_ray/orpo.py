@@ -1,0 +1,172 @@
+"""Policy objectives: ORPO (SIPF), DPO ("w/o OR" ablation) and plain SFT/NLL (M_0, RFT, baselines).
+
+ORPO (Hong et al. 2024), as the SIPF paper and TRL's ORPOTrainer define it:
+    log_odds = (logp_w - logp_l) - (log(1 - p_w) - log(1 - p_l)),   logp = mean per-token log-prob of the response
+    loss     = NLL(chosen) - beta * mean(log sigmoid(log_odds))
+TRL takes the NLL over prompt + response (`nll_on_prompt=True` reproduces it exactly and is what the test
+checks); the ORPO paper takes it over the response only, our default.
+
+Rows are tokenised once on Ray Data (`tokenize_pairs` / `tokenize_sft`) and padded per batch on the
+workers (`collate`). The Ray Train loop itself is trainer.fit; `train_policy` wires it for the policy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+# -------------------------------------------------------------------------------------------- tokenising
+
+def encode_example(tok, prompt: str, response: str, max_len: int, max_prompt_len: int) -> tuple[list, list]:
+    """(input_ids, labels): BOS + prompt + response + EOS, prompt tokens masked; the prompt keeps its end."""
+    p = tok(prompt).input_ids
+    r = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    if len(p) > max_prompt_len:
+        p = p[:1] + p[-(max_prompt_len - 1):] if tok.bos_token_id is not None and p[0] == tok.bos_token_id \
+            else p[-max_prompt_len:]
+    r = r[:max(1, max_len - len(p))]
+    return p + r, [IGNORE] * len(p) + r
+
+
+class Tokenize:
+    """Ray Data UDF (one tokenizer per worker): text columns -> id/label columns."""
+
+    def __init__(self, model_dir: str, kind: str, max_len: int, max_prompt_len: int):
+        from transformers import AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.kind, self.max_len, self.max_prompt_len = kind, max_len, max_prompt_len
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict = {}
+        keys = ["chosen", "rejected"] if self.kind == "pairs" else ["completion"]
+        for k in keys:
+            enc = [encode_example(self.tok, p, c, self.max_len, self.max_prompt_len)
+                   for p, c in zip(batch["prompt"], batch[k])]
+            name = "" if self.kind == "sft" else k + "_"
+            out[name + "input_ids"] = _obj([e[0] for e in enc])
+            out[name + "labels"] = _obj([e[1] for e in enc])
+        if "weight" in batch:
+            out["weight"] = np.asarray(batch["weight"], dtype=np.float32)
+        return out
+
+
+def _obj(lists: list) -> np.ndarray:
+    a = np.empty(len(lists), dtype=object)
+    a[:] = [np.asarray(x, dtype=np.int64) for x in lists]
+    return a
+
+
+def _pad(seqs: list, value: int, length: Optional[int] = None) -> torch.Tensor:
+    n = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), n), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+    return out
+
+
+def collate(rows: list[dict], pad_id: int) -> dict:
+    """Right-pad a list of tokenised rows into tensors (pairs: chosen and rejected to one length)."""
+    if "chosen_input_ids" in rows[0]:
+        n = max(len(r[k]) for r in rows for k in ("chosen_input_ids", "rejected_input_ids"))
+        b = {}
+        for side in ("chosen", "rejected"):
+            ids = [r[f"{side}_input_ids"] for r in rows]
+            b[f"{side}_input_ids"] = _pad(ids, pad_id, n)
+            b[f"{side}_attention_mask"] = _pad([np.ones(len(x), dtype=np.int64) for x in ids], 0, n)
+            b[f"{side}_labels"] = _pad([r[f"{side}_labels"] for r in rows], IGNORE, n)
+        return b
+    ids = [r["input_ids"] for r in rows]
+    b = {"input_ids": _pad(ids, pad_id), "attention_mask": _pad([np.ones(len(x), dtype=np.int64) for x in ids], 0),
+         "labels": _pad([r["labels"] for r in rows], IGNORE)}
+    if "weight" in rows[0]:
+        b["weight"] = torch.tensor([float(r["weight"]) for r in rows])
+    return b
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:
+    """Sum (or mean) log-prob of the labelled tokens of each sequence (labels are shifted here)."""
+    labels = labels[:, 1:]
+    logits = logits[:, :-1, :]
+    mask = labels != IGNORE
+    safe = torch.where(mask, labels, 0)
+    lp = torch.gather(logits.float().log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    s = (lp * mask).sum(-1)
+    return s / mask.sum(-1).clamp(min=1) if average else s
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled tokens of the whole batch (as nn.CrossEntropyLoss)."""
+    return F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE)
+
+
+def _concat_forward(model, b: dict) -> tuple[torch.Tensor, int]:
+    ids = torch.cat([b["chosen_input_ids"], b["rejected_input_ids"]])
+    mask = torch.cat([b["chosen_attention_mask"], b["rejected_attention_mask"]])
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits, b["chosen_input_ids"].shape[0]
+
+
+def orpo_loss(model, b: dict, beta: float, nll_on_prompt: bool = False) -> tuple[torch.Tensor, dict]:
+    logits, n = _concat_forward(model, b)
+    if nll_on_prompt:   # TRL: every non-pad token of prompt + chosen
+        nll_labels = torch.where(b["chosen_attention_mask"] == 1, b["chosen_input_ids"], IGNORE)
+    else:
+        nll_labels = b["chosen_labels"]
+    nll = token_nll(logits[:n], nll_labels)
+    logps = sequence_logps(logits, torch.cat([b["chosen_labels"], b["rejected_labels"]]), average=True)
+    pw, pl = logps[:n], logps[n:]
+    log_odds = (pw - pl) - (log1mexp(pw) - log1mexp(pl))
+    ratio = F.logsigmoid(log_odds)
+    loss = nll - beta * ratio.mean()
+    return loss, {"nll": nll.item(), "log_odds": log_odds.mean().item(), "or_term": ratio.mean().item(),
+                  "logp_chosen": pw.mean().item(), "logp_rejected": pl.mean().item(),
+                  "pair_acc": (pw > pl).float().mean().item()}
+
+
+def dpo_loss(model, b: dict, beta: float, ref_model) -> tuple[torch.Tensor, dict]:
+    logits, n = _concat_forward(model, b)
+    labels = torch.cat([b["chosen_labels"], b["rejected_labels"]])
+    logps = sequence_logps(logits, labels, average=False)
+    with torch.no_grad():
+        ref_logits, _ = _concat_forward(ref_model, b)
+        ref = sequence_logps(ref_logits, labels, average=False)
+    margin = (logps[:n] - ref[:n]) - (logps[n:] - ref[n:])
+    loss = -F.logsigmoid(beta * margin).mean()
+    return loss, {"margin": margin.mean().item(), "pair_acc": (margin > 0).float().mean().item(),
+                  "logp_chosen": logps[:n].mean().item(), "logp_rejected": logps[n:].mean().item()}
+
+
+def sft_loss(model, b: dict) -> tuple[torch.Tensor, dict]:
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+    loss = token_nll(logits, b["labels"])
+    return loss, {"nll": loss.item()}
+
+
+def policy_loss(objective: str, model, b: dict, hp: dict, ref_model=None) -> tuple[torch.Tensor, dict]:
+    if objective == "orpo":
+        return orpo_loss(model, b, hp["beta"], hp.get("nll_on_prompt", False))
+    if objective == "dpo":
+        return dpo_loss(model, b, hp["beta"], ref_model)
+    if objective == "sft":
+        return sft_loss(model, b)
+    raise ValueError(f"unknown policy objective {objective!r}")
+
+
+def to_train_dataset(ds, model_dir: str, kind: str, max_len: int, max_prompt_len: int):
+    """Tokenise a Ray Dataset of text rows on Ray Data ('pairs': prompt/chosen/rejected, 'sft':
+    prompt/completion); the trainers stream its shards."""
+    return ds.map_batches(Tokenize, fn_constructor_args=(model_dir, kind, max_len, max_prompt_len),
+                          batch_format="numpy", batch_size=256, concurrency=1)

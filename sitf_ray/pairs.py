@@ -1,0 +1,108 @@
+"""Preference pairs on Ray Data: scored paths -> (prompt, chosen, rejected) parquet shards.
+
+    scored rows --groupby(qid)--> pairs with reward gap >= eta --sort(seeded key)--> parquet shards
+
+The order is a seeded pseudo-random permutation (sort by a hash of seed and pair), so the same inputs and
+seed always give the same shards, whatever Ray Data's block layout: training after a resume sees the
+same data in the same order. Columns follow TRL (`prompt`, `chosen`, `rejected`) plus rewards and
+provenance. D_{k+1} = D_k U new pairs is `training_dataset(previous dirs + new dir)`.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+COLUMNS = ["pair_key", "qid", "iteration", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward",
+           "gap", "chosen_id", "rejected_id", "chosen_correct", "rejected_correct"]
+
+
+def _key(seed: int, qid: str, a: str, b: str) -> str:
+    return hashlib.sha256(f"{seed}|{qid}|{a}|{b}".encode()).hexdigest()[:16]
+
+
+def pairs_for_question(group: pd.DataFrame, eta: float, strategy: str, max_per_question: int,
+                       require_correct_chosen: bool, seed: int, iteration: int) -> pd.DataFrame:
+    """All (better, worse) paths of one question with reward gap >= eta, then thinned by strategy.
+
+    all:     every such pair.   max_gap: the single widest pair.
+    top_m:   the widest pairs first, each path chosen at most once and rejected at most once, up to M.
+    """
+    g = group.sort_values(["reward", "id"], ascending=[False, True]).reset_index(drop=True)
+    cands = []
+    for i in range(len(g)):
+        for j in range(i + 1, len(g)):
+            gap = float(g.reward[i] - g.reward[j])
+            if gap + 1e-12 < eta or gap <= 0:
+                continue
+            if require_correct_chosen and not bool(g.correct[i]):
+                continue
+            cands.append((gap, i, j))
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    if strategy == "max_gap":
+        cands = cands[:1]
+    elif strategy == "top_m":
+        used_c, used_r, keep = set(), set(), []
+        for gap, i, j in cands:
+            if i in used_c or j in used_r:
+                continue
+            keep.append((gap, i, j))
+            used_c.add(i)
+            used_r.add(j)
+            if len(keep) >= max_per_question:
+                break
+        cands = keep
+    rows = []
+    for gap, i, j in cands:
+        ci, ri = g.iloc[i], g.iloc[j]
+        rows.append({"pair_key": _key(seed, str(ci.qid), str(ci.id), str(ri.id)), "qid": str(ci.qid),
+                     "iteration": iteration, "prompt": ci.prompt, "chosen": ci.path, "rejected": ri.path,
+                     "chosen_reward": float(ci.reward), "rejected_reward": float(ri.reward), "gap": gap,
+                     "chosen_id": str(ci.id), "rejected_id": str(ri.id), "chosen_correct": bool(ci.correct),
+                     "rejected_correct": bool(ri.correct)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy: str, max_per_question: int,
+                require_correct_chosen: bool, seed: int, iteration: int, num_shards: int) -> dict:
+    """Run the Ray Data pipeline; write parquet shards into out_dir; return counts."""
+    out_dir = Path(out_dir)
+    if not scored:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return {"pairs": 0, "questions_with_pairs": 0, "shards": 0}
+    cols = ["id", "qid", "prompt", "path", "reward", "correct"]
+    ds = ray.data.from_pandas(pd.DataFrame([{c: r[c] for c in cols} for r in scored]))
+    pairs = (ds.groupby("qid")
+               .map_groups(pairs_for_question, batch_format="pandas",
+                           fn_kwargs=dict(eta=eta, strategy=strategy, max_per_question=max_per_question,
+                                          require_correct_chosen=require_correct_chosen, seed=seed,
+                                          iteration=iteration))
+               .sort("pair_key"))
+    pairs = pairs.materialize()
+    n = pairs.count()
+    if n == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return {"pairs": 0, "questions_with_pairs": 0, "shards": 0}
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    pairs.repartition(min(num_shards, n), shuffle=False).write_parquet(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    q = len(set(pairs.unique("qid")))
+    return {"pairs": n, "questions_with_pairs": q, "shards": len(list(out_dir.glob("*.parquet")))}
+
+
+def training_dataset(dirs: list[str | Path]):
+    """D_k as one Ray Dataset over the shard folders of every iteration so far (in iteration order)."""
+    files = [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
+    if not files:
+        return None
+    return ray.data.read_parquet(files, columns=["pair_key", "prompt", "chosen", "rejected"])
+
+
+def read_pairs(d: str | Path) -> pd.DataFrame:
+    files = sorted(Path(d).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(columns=COLUMNS)

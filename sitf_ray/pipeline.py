@@ -1,0 +1,559 @@
+"""The SIPF loop: a single driver that runs each stage in order against the run directory.
+
+    iter_00: build model -> SFT to convergence (M_0) -> eval
+    iter_k : sample -> label -> PRM -> score -> pairs -> train (ORPO) -> broadcast -> eval -> DONE
+
+Methods: sipf (process feedback + ORPO), sipf-dpo (DPO instead of ORPO: "w/o OR"), outcome (pairs ranked
+by final-answer correctness: "w/o PF"), rft (SFT on own correct samples), sft (M_0; as a baseline, M_0
+given the same extra update steps on gold data as the main method). Baselines live in
+DIR/baselines/<method>/ and share DIR/iter_00. Every stage writes its artifacts atomically and records
+their checksums in iter_k/stages.json, so `resume` skips finished stages and recomputes corrupted ones;
+all randomness comes from seeds derived from (seed, method, iteration, stage), so a resumed run gives the
+same files as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import config as C
+from .artifacts import Ledger, read_json, read_jsonl, write_json, write_jsonl, atomic_write_text
+from .progress import summary
+from .tasks import get_task
+from .tasks.base import Task
+
+POLICY_METHODS = ("sipf", "sipf-dpo", "outcome", "rft", "sft")
+
+
+def stage_seed(seed: int, *parts) -> int:
+    h = hashlib.sha256("|".join(str(p) for p in (seed,) + parts).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Context:
+    cfg: C.SIPFConfig
+    root: Path
+    task: Task
+    splits: dict
+    by_id: dict
+    pool: object = None          # GeneratorPool of the policy
+    scorers: object = None       # ReplicaPool of PRMScorer
+    simulator: object = None     # GeneratorPool of a separate simulator model (if configured)
+    loaded: str = ""             # policy folder currently in the generators
+    version: int = 0
+    sync_log: list = field(default_factory=list)
+    metrics: object = None
+
+    @property
+    def m0(self) -> Path:
+        return self.root / "iter_00" / "policy"
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+def load_splits(cfg: C.SIPFConfig, task: Task) -> dict:
+    splits = {}
+    for split in ("sft", "train", "val", "test"):
+        splits[split] = task.load(split, cfg.task)
+    if cfg.eval.n:
+        splits["test"] = splits["test"][:cfg.eval.n]
+    return splits
+
+
+def prepare(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> Context:
+    root = Path(out)
+    saved = root / "config.yaml"
+    if resume:
+        if not saved.exists():
+            raise C.ConfigError(f"{root}: no config.yaml here; nothing to resume")
+    elif saved.exists() and saved.read_text() != C.dump(cfg):
+        raise C.ConfigError(f"{root} already holds a run with a different config; use `sitf-ray resume {root}` "
+                            f"or another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, C.dump(cfg))
+    task = get_task(cfg.task.name)
+    splits = load_splits(cfg, task)
+    by_id = {r["id"]: r for rows in splits.values() for r in rows}
+    from . import metrics
+    return Context(cfg=cfg, root=root, task=task, splits=splits, by_id=by_id, metrics=metrics.Metrics())
+
+
+def engine_spec(cfg: C.SIPFConfig, model_dir: str):
+    from .engines.base import EngineSpec
+    from .trainer import read_policy_meta
+    meta = read_policy_meta(model_dir)
+    base = meta.get("base", model_dir) if meta["kind"] == "adapter" else model_dir
+    max_len = cfg.model.tiny.max_len if cfg.model.source == "tiny" else cfg.train.max_len + cfg.sampling.max_tokens
+    return EngineSpec(model=str(base), kind=cfg.cluster.engine, dtype=cfg.model.dtype, max_model_len=max_len,
+                      kv_cache_bytes=cfg.cluster.kv_cache_bytes, max_num_seqs=cfg.cluster.max_num_seqs,
+                      seed=cfg.seed, threads=cfg.cluster.generator_threads,
+                      lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else 0)
+
+
+def ensure_pool(ctx: Context):
+    if ctx.pool is None:
+        from .actors import GeneratorPool
+        cl = ctx.cfg.cluster
+        t0 = time.time()
+        ctx.pool = GeneratorPool(engine_spec(ctx.cfg, str(ctx.m0)), cl.generator_replicas, cl.generator_cpus,
+                                 cl.generator_gpus, cl.placement_strategy, cl.chunk_size)
+        ctx.loaded = str(ctx.m0)
+        summary("generators", time.time() - t0, replicas=cl.generator_replicas, engine=cl.engine)
+    return ctx.pool
+
+
+def load_policy(ctx: Context, folder: Path):
+    """Make the generators hold `folder` (a versioned broadcast unless they already do)."""
+    ensure_pool(ctx)
+    if ctx.loaded == str(folder):
+        return
+    from .weights import push_policy
+    ctx.version += 1
+    rep = push_policy(ctx.pool, folder, ctx.version)
+    ctx.loaded = str(folder)
+    ctx.sync_log.append(asdict(rep))
+    ctx.metrics.sync(rep)
+    summary("broadcast", rep.seconds, version=rep.version, kind=rep.kind, MB=rep.bytes / 2**20,
+            replicas=rep.replicas)
+
+
+def shutdown(ctx: Context):
+    for p in (ctx.pool, ctx.simulator):
+        if p is not None:
+            p.shutdown()
+    if ctx.scorers is not None:
+        ctx.scorers.shutdown()
+    ctx.pool = ctx.simulator = ctx.scorers = None
+
+
+# ------------------------------------------------------------------------------------------ M_0 (SFT)
+
+def sft_rows(ctx: Context) -> list[dict]:
+    out = []
+    for r in ctx.splits["sft"]:
+        tgt = ctx.task.target(r)
+        if tgt:
+            out.append({"prompt": ctx.task.prompt(r), "completion": tgt})
+    if not out:
+        raise ValueError(f"task {ctx.task.name}: the sft split has no gold solutions to train M_0 on")
+    return out
+
+
+def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, hp: dict, ds_rows_or_ds,
+               kind: str, validate: Optional[dict] = None, init_adapter: Optional[str] = None):
+    """SFT / ORPO / DPO on Ray Train; rows are tokenised on Ray Data on the way in."""
+    import ray.data
+
+    from .orpo import to_train_dataset
+    from .trainer import FitJob, fit
+    cfg = ctx.cfg
+    ds = ds_rows_or_ds if not isinstance(ds_rows_or_ds, list) else ray.data.from_items(ds_rows_or_ds)
+    ds = to_train_dataset(ds, str(init), kind, cfg.train.max_len, cfg.train.max_prompt_len)
+    lora = None
+    if cfg.model.lora.enabled and not init_adapter:
+        lc = cfg.model.lora
+        lora = {"r": lc.r, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": lc.target_modules}
+    job = FitJob(name=name, storage=str(ctx.root / "ray_train"), init_model=str(init), out_dir=str(out),
+                 objective=objective, hp=hp, seed=stage_seed(cfg.seed, name), workers=cfg.cluster.train_workers,
+                 cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
+                 threads=cfg.cluster.train_threads, lora=lora, init_adapter=init_adapter, validate=validate)
+    return fit(job, {"train": ds})
+
+
+def build_m0(ctx: Context) -> dict:
+    cfg, it = ctx.cfg, ctx.root / "iter_00"
+    led = Ledger(it)
+    if not led.done("init"):
+        t0 = time.time()
+        if cfg.model.source == "tiny":
+            from .models import build_tiny
+            build_tiny(cfg, it / "init", seed=stage_seed(cfg.seed, "init"))
+            src = str(it / "init")
+        else:
+            from .models import resolve_source
+            src = resolve_source(cfg.model.source, cfg.model.cache_dir)
+        write_json(it / "init.json", {"source": cfg.model.source, "folder": src})
+        led.mark("init", ["init.json"], seconds=time.time() - t0)
+    init = Path(read_json(it / "init.json")["folder"])
+    if not led.done("sft"):
+        t0 = time.time()
+        s = cfg.sft
+        hp = {"lr": s.lr, "epochs": s.max_epochs, "batch_size": s.batch_size, "warmup_steps": s.warmup_steps,
+              "weight_decay": s.weight_decay, "min_lr_ratio": s.min_lr_ratio, "max_grad_norm": 1.0}
+        val = {"task": cfg.task.name, "rows": ctx.splits["val"], "every": s.eval_every, "patience": s.patience,
+               "min_delta": s.min_delta, "max_tokens": cfg.eval.max_tokens}
+        res = fit_policy(ctx, f"m0-sft-{cfg.seed}", init, it / "policy", "sft", hp, sft_rows(ctx), "sft",
+                         validate=val)
+        write_json(it / "sft.json", {"steps": res.steps, "epochs": res.epochs, "best": res.best,
+                                     "history": res.history, "seconds": res.seconds})
+        led.mark("sft", ["policy", "sft.json"], seconds=time.time() - t0, steps=res.steps)
+        summary("sft M_0", time.time() - t0, epochs=res.epochs, steps=res.steps,
+                best_val=(res.best or {}).get("val_accuracy"))
+    return stage_eval(ctx, it, led, it / "policy", "M_0")
+
+
+# ----------------------------------------------------------------------------------------- the stages
+
+def stage_eval(ctx: Context, it: Path, led: Ledger, policy: Path, label: str) -> dict:
+    if led.done("eval"):
+        return read_json(it / "eval.json")
+    from .evaluate import evaluate
+    load_policy(ctx, policy)
+    res = evaluate(ctx.pool, ctx.task, ctx.splits["test"], ctx.cfg.eval.max_tokens,
+                   seed=stage_seed(ctx.cfg.seed, "eval"))
+    preds = res.pop("predictions")
+    res["split"] = ctx.cfg.eval.split
+    write_jsonl(it / "eval_predictions.jsonl", preds)
+    write_json(it / "eval.json", res)
+    led.mark("eval", ["eval.json"], seconds=res["seconds"])
+    ctx.metrics.eval(res["accuracy"])
+    summary(f"eval {label}", res["seconds"], n=res["n"], accuracy=res["accuracy"])
+    return res
+
+
+def stage_sample(ctx: Context, it: Path, led: Ledger, method: str, k: int) -> list[dict]:
+    if led.done("sample"):
+        return read_jsonl(it / "samples.jsonl")
+    from .sampling import sample_paths
+    cfg, t0 = ctx.cfg, time.time()
+    valid = None
+    if cfg.sampling.require_valid_equations and cfg.task.name == "arith":
+        from .tasks.arith import answer_equations_valid
+        valid = answer_equations_valid
+    s = cfg.sampling
+    samples, st = sample_paths(ctx.pool, ctx.task, ctx.splits["train"], s.n, s.temperature, s.top_p, s.max_tokens,
+                               seed=stage_seed(cfg.seed, method, k, "sample"), dedupe=s.dedupe, valid=valid)
+    write_jsonl(it / "samples.jsonl", samples)
+    dt = time.time() - t0
+    led.mark("sample", ["samples.jsonl"], seconds=dt, **st)
+    ctx.metrics.sampled(st, dt)
+    summary("sample", dt, paths=st["kept"], generated=st["generated"], correct=st["correct"],
+            tok_per_s=st["tokens"] / max(dt, 1e-9))
+    return samples
+
+
+def stage_label(ctx: Context, it: Path, led: Ledger, samples: list[dict], method: str, k: int) -> list[dict]:
+    if led.done("label"):
+        return read_jsonl(it / "labels.jsonl")
+    from .labeling import label_samples, trl_stepwise, versus_oracle
+    cfg, lc = ctx.cfg, ctx.cfg.labeling
+    pool = None
+    if lc.mode != "oracle":
+        pool = ensure_simulator(ctx)
+    rows, stats = label_samples(samples, ctx.by_id, ctx.task, lc.mode, pool, k=lc.k, delta=lc.delta,
+                                temperature=lc.temperature, max_tokens=lc.max_tokens,
+                                seed=stage_seed(cfg.seed, method, k, "label"),
+                                skip_correct_paths=lc.skip_correct_paths)
+    write_jsonl(it / "labels.jsonl", rows)
+    write_jsonl(it / "labels_trl.jsonl", trl_stepwise(rows, {q: ctx.task.prompt(r) for q, r in ctx.by_id.items()}))
+    quality = versus_oracle(rows)
+    figs = asdict(stats) | {"vs_oracle": quality}
+    led.mark("label", ["labels.jsonl"], **figs)
+    ctx.metrics.labeled(stats)
+    summary("label", stats.seconds, mode=lc.mode, steps=stats.steps, rollouts=stats.rollouts,
+            positives=stats.positives, f1_vs_oracle=quality.get("f1", float("nan")))
+    return rows
+
+
+def ensure_simulator(ctx: Context):
+    lc = ctx.cfg.labeling
+    if lc.simulator == "policy":
+        return ensure_pool(ctx)
+    if ctx.simulator is None:
+        from .actors import GeneratorPool
+        from .models import resolve_source
+        cl = ctx.cfg.cluster
+        spec = engine_spec(ctx.cfg, resolve_source(lc.simulator, ctx.cfg.model.cache_dir))
+        ctx.simulator = GeneratorPool(spec, cl.generator_replicas, cl.generator_cpus, cl.generator_gpus,
+                                      cl.placement_strategy, cl.chunk_size)
+    return ctx.simulator
+
+
+def split_holdout(qids: list[str], frac: float, seed: int) -> set:
+    """Questions held out from PRM training (by hash, so the split is stable)."""
+    return {q for q in set(qids)
+            if int(hashlib.sha256(f"{seed}|{q}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < frac}
+
+
+def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: Path, method: str, k: int) -> Path:
+    if led.done("prm"):
+        return it / "prm"
+    import ray.data
+
+    from .prm import PRMTokenize
+    from .trainer import FitJob, fit, read_policy_meta
+    cfg, pc, t0 = ctx.cfg, ctx.cfg.prm, time.time()
+    held = split_holdout([r["qid"] for r in labels], pc.holdout, cfg.seed)
+    train_rows = [{"prompt": ctx.task.prompt(ctx.by_id[r["qid"]]), "steps": r["steps"], "labels": r["labels"],
+                   "soft": r["soft"]} for r in labels if r["qid"] not in held]
+    if pc.base == "policy":
+        meta = read_policy_meta(policy)
+        base = meta.get("base", str(policy)) if meta["kind"] == "adapter" else str(policy)
+    else:
+        from .models import resolve_source
+        base = resolve_source(pc.base, cfg.model.cache_dir)
+    ds = ray.data.from_items(train_rows).map_batches(PRMTokenize, fn_constructor_args=(base, pc.max_len,
+                                                     cfg.labeling.soft), batch_format="numpy", concurrency=1)
+    lora = None
+    if pc.lora.enabled:
+        lora = {"r": pc.lora.r, "lora_alpha": pc.lora.alpha, "lora_dropout": pc.lora.dropout,
+                "target_modules": pc.lora.target_modules}
+    name = f"prm-{method}-{k}-{cfg.seed}"
+    job = FitJob(name=name, storage=str(ctx.root / "ray_train"), init_model=base, out_dir=str(it / "prm"),
+                 objective="prm", hp={"lr": pc.lr, "epochs": pc.epochs, "batch_size": pc.batch_size,
+                                      "warmup_steps": 10, "min_lr_ratio": 0.1},
+                 seed=stage_seed(cfg.seed, name), workers=cfg.cluster.train_workers,
+                 cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
+                 threads=cfg.cluster.train_threads, lora=lora)
+    res = fit(job, {"train": ds})
+    write_json(it / "prm_train.json", {"history": res.history, "steps": res.steps, "seconds": res.seconds,
+                                       "train_paths": len(train_rows), "holdout_questions": sorted(held)})
+    led.mark("prm", ["prm", "prm_train.json"], seconds=time.time() - t0, steps=res.steps,
+             loss=res.history[-1].get("loss") if res.history else None)
+    ctx.metrics.loss("prm", res.history[-1].get("loss", 0.0) if res.history else 0.0)
+    summary("prm", time.time() - t0, paths=len(train_rows), steps=res.steps,
+            loss=res.history[-1].get("loss") if res.history else float("nan"))
+    return it / "prm"
+
+
+def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels: list[dict], prm: Path,
+                method: str, k: int) -> list[dict]:
+    if led.done("score"):
+        return read_jsonl(it / "scored.jsonl")
+    from .prm import aggregate, auc, scorer_pool
+    cfg, t0 = ctx.cfg, time.time()
+    if ctx.scorers is None:
+        cl = cfg.cluster
+        ctx.scorers = scorer_pool(cl.scorer_replicas, cl.scorer_cpus, 0.0, cl.train_threads, cl.placement_strategy)
+    ctx.scorers.broadcast("load", str(prm), cfg.prm.max_len)
+    items = [{"prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "steps": s["steps"]} for s in samples]
+    step_scores = ctx.scorers.map("score", items, 64, desc="PRM score", unit="path")
+    scored = []
+    for s, sc in zip(samples, step_scores):
+        scored.append({"id": s["id"], "qid": s["qid"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]),
+                       "path": s["path"], "correct": s["correct"], "step_scores": sc,
+                       "reward": aggregate(sc, cfg.prm.aggregate)})
+    write_jsonl(it / "scored.jsonl", scored)
+    # PRM quality: step AUC on held-out questions against MC labels and the oracle (when there is one).
+    held = set(read_json(it / "prm_train.json")["holdout_questions"])
+    lab = {r["id"]: r for r in labels}
+    q = {}
+    for key in ("labels", "oracle"):
+        ys, ps = [], []
+        for s in scored:
+            r = lab.get(s["id"])
+            if r is None or key not in r or s["qid"] not in held:
+                continue
+            ys += r[key]
+            ps += s["step_scores"]
+        q[f"holdout_auc_vs_{'mc' if key == 'labels' else key}"] = auc(ps, ys) if ys else float("nan")
+    dt = time.time() - t0
+    led.mark("score", ["scored.jsonl"], seconds=dt, paths=len(scored), **q)
+    summary("score", dt, paths=len(scored), **q)
+    return scored
+
+
+def outcome_scores(samples: list[dict], ctx: Context) -> list[dict]:
+    return [{"id": s["id"], "qid": s["qid"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "path": s["path"],
+             "correct": s["correct"], "step_scores": [], "reward": 1.0 if s["correct"] else 0.0} for s in samples]
+
+
+def stage_pairs(ctx: Context, it: Path, led: Ledger, scored: list[dict], method: str, k: int) -> dict:
+    if led.done("pairs"):
+        return led.get("pairs")
+    from .pairs import build_pairs
+    cfg, pc, t0 = ctx.cfg, ctx.cfg.pairs, time.time()
+    eta = pc.eta if method != "outcome" else 0.5     # outcome rewards are 0/1: any right-vs-wrong pair
+    st = build_pairs(scored, it / "pairs", eta=eta, strategy=pc.strategy, max_per_question=pc.max_per_question,
+                     require_correct_chosen=pc.require_correct_chosen and method != "outcome",
+                     seed=stage_seed(cfg.seed, method, k, "pairs"), iteration=k, num_shards=pc.num_shards)
+    dt = time.time() - t0
+    led.mark("pairs", ["pairs"], seconds=dt, **st)
+    ctx.metrics.pairs(st["pairs"])
+    summary("pairs", dt, **st)
+    return st
+
+
+def stage_rft_data(ctx: Context, it: Path, led: Ledger, samples: list[dict]) -> dict:
+    """RFT: the policy's own correct, distinct paths become SFT data (one parquet folder per iteration)."""
+    if led.done("pairs"):
+        return led.get("pairs")
+    import pandas as pd
+    t0 = time.time()
+    rows = [{"pair_key": s["id"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "completion": s["path"]}
+            for s in samples if s["correct"]]
+    d = it / "pairs"
+    d.mkdir(parents=True, exist_ok=True)
+    if rows:
+        import ray.data
+        ray.data.from_pandas(pd.DataFrame(rows).sort_values("pair_key")).write_parquet(str(d))
+    led.mark("pairs", ["pairs"], seconds=time.time() - t0, pairs=len(rows))
+    return {"pairs": len(rows)}
+
+
+def method_dirs(ctx: Context, method: str) -> Path:
+    return ctx.root if method == ctx.cfg.method else ctx.root / "baselines" / method
+
+
+def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: Path, mdir: Path) -> dict:
+    if led.done("train"):
+        return led.get("train")
+    import ray.data
+
+    from .pairs import training_dataset
+    from .trainer import read_policy_meta
+    cfg, tc, t0 = ctx.cfg, ctx.cfg.train, time.time()
+    dirs = [mdir / f"iter_{j:02d}" / "pairs" for j in range(1, k + 1)] if cfg.pairs.accumulate else [it / "pairs"]
+    objective = {"sipf": tc.loss, "sipf-dpo": "dpo", "outcome": tc.loss, "rft": "sft"}[method]
+    kind = "sft" if method == "rft" else "pairs"
+    if method == "rft":
+        files = [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
+        ds = ray.data.read_parquet(files, columns=["prompt", "completion"]) if files else None
+    else:
+        ds = training_dataset(dirs)
+    if ds is None:
+        # No pairs at all: the policy stays as it was (recorded, not hidden).
+        shutil.copytree(prev, it / "policy", dirs_exist_ok=True)
+        led.mark("train", ["policy"], seconds=time.time() - t0, steps=0, rows=0, note="no training data")
+        summary("train", time.time() - t0, note="no pairs; policy unchanged")
+        return led.get("train")
+    init = ctx.m0 if cfg.train.init_from == "m0" else prev
+    meta = read_policy_meta(init)
+    init_model, init_adapter = (Path(meta["base"]), str(init)) if meta["kind"] == "adapter" else (init, None)
+    hp = {"lr": tc.lr, "epochs": tc.epochs, "batch_size": tc.batch_size, "grad_accum": tc.grad_accum,
+          "warmup_steps": tc.warmup_steps, "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm,
+          "beta": tc.beta, "nll_on_prompt": tc.nll_on_prompt, "min_lr_ratio": 0.1}
+    res = fit_policy(ctx, f"policy-{method}-{k}-{cfg.seed}", init_model, it / "policy", objective, hp, ds, kind,
+                     init_adapter=init_adapter)
+    last = res.history[-1] if res.history else {}
+    write_json(it / "train.json", {"objective": objective, "steps": res.steps, "epochs": res.epochs,
+                                   "history": res.history, "seconds": res.seconds})
+    led.mark("train", ["policy", "train.json"], seconds=time.time() - t0, steps=res.steps,
+             loss=last.get("loss"), objective=objective)
+    ctx.metrics.loss(objective, last.get("loss", 0.0))
+    summary(f"train {objective}", time.time() - t0, steps=res.steps, loss=last.get("loss", float("nan")),
+            log_odds=last.get("log_odds", float("nan")))
+    return led.get("train")
+
+
+def stage_sft_more(ctx: Context, it: Path, led: Ledger, k: int, prev: Path, steps: int) -> dict:
+    """The `sft` baseline: M_0 given the same number of extra update steps, on its gold data."""
+    if led.done("train"):
+        return led.get("train")
+    cfg, tc, t0 = ctx.cfg, ctx.cfg.train, time.time()
+    rows = sft_rows(ctx)
+    per_epoch = max(1, math.ceil(len(rows) / tc.batch_size))
+    epochs = max(1, round(steps / per_epoch))
+    hp = {"lr": tc.lr, "epochs": epochs, "batch_size": tc.batch_size, "warmup_steps": tc.warmup_steps,
+          "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm, "min_lr_ratio": 0.1}
+    res = fit_policy(ctx, f"policy-sft-{k}-{cfg.seed}", prev, it / "policy", "sft", hp, rows, "sft")
+    write_json(it / "train.json", {"objective": "sft", "steps": res.steps, "epochs": res.epochs,
+                                   "matched_steps": steps, "history": res.history, "seconds": res.seconds})
+    led.mark("train", ["policy", "train.json"], seconds=time.time() - t0, steps=res.steps, matched_steps=steps)
+    summary("train sft (matched steps)", time.time() - t0, steps=res.steps, target_steps=steps)
+    return led.get("train")
+
+
+# ------------------------------------------------------------------------------------------ iterations
+
+def run_method(ctx: Context, method: str) -> list[dict]:
+    """Iterations 1..K of one method; returns per-iteration records (k=0 is M_0)."""
+    cfg = ctx.cfg
+    mdir = method_dirs(ctx, method)
+    records = [iteration_record(ctx.root / "iter_00", 0)]
+    if method == "sft" and method == cfg.method:
+        return records          # M_0 only
+    prev = ctx.m0
+    for k in range(1, cfg.iterations + 1):
+        it = mdir / f"iter_{k:02d}"
+        led = Ledger(it)
+        if (it / "DONE").exists() and all(led.done(s) for s in led.data):
+            records.append(iteration_record(it, k))
+            prev = it / "policy"
+            continue
+        print(f"--- {method}: iteration {k}/{cfg.iterations} ---", flush=True)
+        t_iter = time.time()
+        if method == "sft":
+            main_train = ctx.root / f"iter_{k:02d}" / "train.json"
+            steps = read_json(main_train)["steps"] if main_train.exists() else 0
+            stage_sft_more(ctx, it, led, k, prev, steps)
+        else:
+            load_policy(ctx, prev)
+            samples = stage_sample(ctx, it, led, method, k)
+            if method in ("sipf", "sipf-dpo"):
+                labels = stage_label(ctx, it, led, samples, method, k)
+                prm = stage_prm(ctx, it, led, labels, prev, method, k)
+                scored = stage_score(ctx, it, led, samples, labels, prm, method, k)
+                stage_pairs(ctx, it, led, scored, method, k)
+            elif method == "outcome":
+                stage_pairs(ctx, it, led, outcome_scores(samples, ctx), method, k)
+            elif method == "rft":
+                stage_rft_data(ctx, it, led, samples)
+            stage_train(ctx, it, led, method, k, prev, mdir)
+        stage_eval(ctx, it, led, it / "policy", f"{method} iter {k}")
+        atomic_write_text(it / "DONE", f"{time.time() - t_iter:.1f}\n")
+        records.append(iteration_record(it, k))
+        prev = it / "policy"
+    return records
+
+
+def iteration_record(it: Path, k: int) -> dict:
+    ev = read_json(it / "eval.json")
+    led = Ledger(it)
+    rec = {"k": k, "accuracy": ev["accuracy"], "n": ev["n"]}
+    for stage, keys in (("sample", ("kept", "correct")), ("label", ("rollouts", "positives")),
+                        ("pairs", ("pairs",)), ("train", ("steps",))):
+        figs = led.get(stage)
+        for key in keys:
+            if key in figs:
+                rec[f"{stage}_{key}"] = figs[key]
+    if "vs_oracle" in led.get("label"):
+        rec["label_f1_vs_oracle"] = led.get("label")["vs_oracle"].get("f1")
+    for key in ("holdout_auc_vs_mc", "holdout_auc_vs_oracle"):
+        if key in led.get("score"):
+            rec[f"prm_{key}"] = led.get("score")[key]
+    return rec
+
+
+def stage_timings(ctx: Context) -> dict:
+    """{'<method>/iter_k': {stage: seconds}} from every ledger of the run."""
+    out = {}
+    for led_path in sorted(ctx.root.rglob("stages.json")):
+        it = led_path.parent
+        led = Ledger(it)
+        out[str(it.relative_to(ctx.root))] = {s: e.get("figures", {}).get("seconds") for s, e in led.data.items()}
+    return out
+
+
+def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
+    from .actors import init_ray
+    t0 = time.time()
+    init_ray(cfg.cluster.num_cpus or max(8, 2 * (os.cpu_count() or 1)))
+    ctx = prepare(cfg, out, resume)
+    try:
+        build_m0(ctx)
+        main = run_method(ctx, cfg.method)
+        baselines = {}
+        for m in cfg.baselines:
+            if m == cfg.method:
+                continue
+            baselines[m] = {"iterations": run_method(ctx, m)}
+        # results.json holds only what a same-seed re-run reproduces; wall-clock figures go to timings.json.
+        results = {"task": cfg.task.name, "model": cfg.model.source, "method": cfg.method, "seed": cfg.seed,
+                   "iterations": main, "baselines": baselines}
+        write_json(ctx.root / "results.json", results)
+        write_json(ctx.root / "timings.json", {"total_seconds": time.time() - t0, "weight_syncs": ctx.sync_log,
+                                               "stages": stage_timings(ctx)})
+        from .report import write_report
+        write_report(ctx.root)
+        results["seconds"] = time.time() - t0
+        return results
+    finally:
+        shutdown(ctx)

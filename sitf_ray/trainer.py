@@ -1,0 +1,315 @@
+"""The one Ray Train loop behind every update: M_0 SFT, ORPO / DPO / RFT policy updates, and the PRM.
+
+    result = fit(FitJob(...), datasets={"train": ray_dataset})
+
+Workers (TorchTrainer, DDP over gloo on CPU / NCCL on GPU) read their shard of the tokenised Ray Dataset,
+pad batches locally, and step AdamW with warm-up + cosine decay and gradient accumulation; full fine-tune
+or LoRA (peft). Every `ckpt_every` epochs rank 0 reports a checkpoint (model, optimizer, scheduler, epoch)
+through `ray.train.report`, so a worker crash (FailureConfig) or a re-run of the same job after a driver
+crash resumes from it. The last report carries the final model folder, which the driver copies to
+`out_dir` atomically. With `validate`, the loop measures greedy accuracy every few epochs, keeps the best
+weights and stops when accuracy is flat for `patience` checks: training "to convergence".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+POLICY_META = "sitf_policy.json"
+
+
+@dataclass
+class FitJob:
+    name: str                         # unique per fit; re-running the same name resumes it
+    storage: str                      # Ray Train storage path (local folder or bucket URI)
+    init_model: str                   # HF folder to start from
+    out_dir: str                      # the final model folder lands here
+    objective: str                    # 'sft' | 'orpo' | 'dpo' | 'prm'
+    hp: dict                          # lr, epochs, batch_size, grad_accum, warmup_steps, ...
+    seed: int = 0
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    threads: int = 1
+    lora: Optional[dict] = None       # peft LoraConfig kwargs; None = full fine-tune
+    init_adapter: Optional[str] = None  # continue training this adapter (LoRA policies)
+    validate: Optional[dict] = None   # {'task','task_cfg','rows','every','patience','min_delta','max_tokens'}
+    ckpt_every: int = 1
+    max_failures: int = 2
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    out_dir: str
+    steps: int
+    epochs: int
+    seconds: float
+    history: list
+    best: Optional[dict] = None
+
+
+def fit(job: FitJob, datasets: dict) -> FitResult:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t0 = time.time()
+    use_gpu = job.gpus_per_worker > 0
+    res = {"CPU": job.cpus_per_worker} | ({"GPU": job.gpus_per_worker} if use_gpu else {})
+    from ray.data import ExecutionOptions
+    data_config = DataConfig(execution_options=ExecutionOptions(preserve_order=True))  # same split every run
+    trainer = TorchTrainer(
+        _loop, train_loop_config=asdict(job), datasets=datasets, dataset_config=data_config,
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=res),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=job.name, storage_path=os.path.abspath(job.storage) if "://" not in job.storage
+                             else job.storage, failure_config=FailureConfig(max_failures=job.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ckpt = result.checkpoint
+    out = Path(job.out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent if out.parent.exists() else None))
+    ckpt.to_directory(str(tmp))
+    info = json.loads((tmp / "fit_result.json").read_text())
+    os.remove(tmp / "fit_result.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.move(str(tmp / "model"), str(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return FitResult(out_dir=str(out), steps=info["steps"], epochs=info["epochs"], seconds=time.time() - t0,
+                     history=info["history"], best=info.get("best"))
+
+
+# ------------------------------------------------------------------------------------------ worker side
+
+def _load_model(job: dict):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    if job["objective"] == "prm":
+        model = AutoModelForTokenClassification.from_pretrained(job["init_model"], num_labels=2,
+                                                                dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(job["init_model"], dtype=torch.float32)
+    if job.get("init_adapter"):
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, job["init_adapter"], is_trainable=True)
+    elif job.get("lora"):
+        from peft import LoraConfig, get_peft_model
+        kw = dict(job["lora"])
+        if job["objective"] == "prm":
+            kw["modules_to_save"] = ["score"]      # the 2-way head is trained in full
+            kw["task_type"] = "TOKEN_CLS"
+        model = get_peft_model(model, LoraConfig(**kw))
+    return model
+
+
+def _loop(job: dict):
+    import numpy as np
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+    from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+    from .orpo import collate, policy_loss
+
+    torch.set_num_threads(int(job["threads"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed, hp = int(job["seed"]), job["hp"]
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(job["init_model"])
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    # This worker's shard, in stream order (preserve_order makes the split the same on every run).
+    rows = list(ray.train.get_dataset_shard("train").iter_rows())
+    bs, accum, epochs = int(hp["batch_size"]), int(hp.get("grad_accum", 1)), int(hp["epochs"])
+    per_worker_bs = max(1, bs // world)
+    n_batches = max(1, math.ceil(len(rows) / per_worker_bs))
+    total_steps = max(1, epochs * math.ceil(n_batches / accum))
+
+    model = _load_model(job)
+    ref_model = None
+    if job["objective"] == "dpo":
+        ref_model = _load_model({**job, "lora": None, "init_adapter": None}).eval()
+        if job.get("init_adapter"):
+            from peft import PeftModel
+            ref_model = PeftModel.from_pretrained(ref_model, job["init_adapter"]).merge_and_unload().eval()
+        for p in ref_model.parameters():
+            p.requires_grad_(False)
+    ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    device = ray.train.torch.get_device()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
+    sched = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, num_warmup_steps=min(int(hp.get("warmup_steps", 0)), total_steps // 2),
+        num_training_steps=total_steps, min_lr_rate=float(hp.get("min_lr_ratio", 0.1)))
+
+    start_epoch, step, history, best = 0, 0, [], None
+    best_state, bad_evals = None, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            if (Path(d) / "fit_result.json").exists():   # finished before a driver crash: hand it back
+                ray.train.report({"epoch": -1}, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+                return
+            state = torch.load(Path(d) / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        best, best_state, bad_evals = state["best"], state["best_state"], state["bad_evals"]
+        torch.set_rng_state(state["rng"])
+
+    val = job.get("validate")
+    if val:
+        from .tasks import get_task
+        val_task = get_task(val["task"])
+        val_rows = val["rows"][rank::world]
+
+    objective = job["objective"]
+    if objective == "prm":
+        from .prm import prm_collate, prm_loss
+    stop = False
+    for epoch in range(start_epoch, epochs):
+        t_ep = time.time()
+        rng = random.Random(seed * 1000 + epoch * 17 + rank)
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        ddp_model.train()
+        sums: dict = {}
+        n_seen = 0
+        opt.zero_grad(set_to_none=True)
+        for bi in range(n_batches):
+            idx = [order[(bi * per_worker_bs + j) % len(order)] for j in range(per_worker_bs)] if rows else []
+            batch_rows = [rows[i] for i in idx]
+            if objective == "prm":
+                b = prm_collate(batch_rows, pad_id)
+            else:
+                b = collate(batch_rows, pad_id)
+            b = {k: v.to(device) for k, v in b.items()}
+            if objective == "prm":
+                loss, m = prm_loss(ddp_model, b)
+            else:
+                loss, m = policy_loss(objective, ddp_model, b, hp, ref_model)
+            (loss / accum).backward()
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            n_seen += 1
+            if (bi + 1) % accum == 0 or bi == n_batches - 1:
+                torch.nn.utils.clip_grad_norm_(params, float(hp.get("max_grad_norm", 1.0)))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+        metrics = {k: v / max(1, n_seen) for k, v in sums.items()}
+        metrics = _allreduce_mean(metrics, world)
+        metrics.update(epoch=epoch + 1, step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_ep)
+
+        if val and ((epoch + 1) % int(val["every"]) == 0 or epoch + 1 == epochs):
+            acc = _val_accuracy(model, tok, val_task, val_rows, int(val["max_tokens"]), device, world)
+            metrics["val_accuracy"] = acc
+            if best is None or acc > best["val_accuracy"] + float(val["min_delta"]):
+                best = {"val_accuracy": acc, "epoch": epoch + 1, "step": step}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bad_evals = 0
+            else:
+                bad_evals += 1
+                stop = bad_evals >= int(val["patience"])
+        history.append(metrics)
+
+        last = epoch + 1 == epochs or stop
+        if not last and (epoch + 1) % int(job.get("ckpt_every", 1)) == 0:
+            with tempfile.TemporaryDirectory() as d:
+                if rank == 0:
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                "epoch": epoch + 1, "step": step, "history": history, "best": best,
+                                "best_state": best_state, "bad_evals": bad_evals, "rng": torch.get_rng_state()},
+                               Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+        if last:
+            break
+
+    # Final report: the model folder (best weights when validating) + what happened.
+    with tempfile.TemporaryDirectory() as d:
+        if rank == 0:
+            if best_state is not None:
+                model.load_state_dict(best_state)
+            _save_final(model, tok, job, Path(d) / "model")
+            info = {"steps": step, "epochs": len(history), "history": history, "best": best}
+            (Path(d) / "fit_result.json").write_text(json.dumps(info))
+        ray.train.report({"epoch": len(history), "final": 1},
+                         checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+
+
+def _save_final(model, tok, job: dict, out: Path):
+    out.mkdir(parents=True)
+    is_peft = hasattr(model, "peft_config")
+    meta = {"kind": "adapter" if is_peft else "full", "objective": job["objective"]}
+    if is_peft:
+        meta["base"] = os.path.abspath(job["init_model"])
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / POLICY_META).write_text(json.dumps(meta))
+
+
+def _allreduce_mean(metrics: dict, world: int) -> dict:
+    if world == 1:
+        return metrics
+    import torch
+    import torch.distributed as dist
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
+
+
+def _val_accuracy(model, tok, task, rows: list, max_tokens: int, device, world: int) -> float:
+    """Greedy accuracy of this worker's share of the validation rows, summed over workers."""
+    correct, n = greedy_correct(model, tok, task, rows, max_tokens, device)
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([correct, n], dtype=torch.float64)
+        dist.all_reduce(t)
+        correct, n = t.tolist()
+    return correct / max(1, n)
+
+
+def greedy_correct(model, tok, task, rows: list, max_tokens: int, device, batch_size: int = 128) -> tuple[int, int]:
+    import torch
+    model.eval()
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    correct = 0
+    try:
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size]
+            enc = tok([task.prompt(r) for r in chunk], return_tensors="pt", padding=True).to(device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            texts = tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+            correct += sum(task.is_correct(r, t) for r, t in zip(chunk, texts))
+    finally:
+        tok.padding_side = old_side
+        model.train()
+    return correct, len(rows)
+
+
+def read_policy_meta(folder: str | Path) -> dict:
+    p = Path(folder) / POLICY_META
+    return json.loads(p.read_text()) if p.exists() else {"kind": "full"}
