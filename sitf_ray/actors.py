@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -86,7 +87,8 @@ class ReplicaPool:
         self.actor_cls, self.make_args, self.name = actor_cls, make_args, name
         self.cpus, self.gpus, self.max_restarts = cpus, gpus, max_restarts
         bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
-        self.pg = placement_group([bundle] * replicas, strategy=strategy, name=f"sitf-{name}")
+        self.pg = placement_group([bundle] * replicas, strategy=strategy,
+                                  name=f"sitf-{name}-{uuid.uuid4().hex[:8]}")   # names must be unique
         ready, _ = ray.wait([self.pg.ready()], timeout=float(os.environ.get("SITF_PG_TIMEOUT", 600)))
         if not ready:
             remove_placement_group(self.pg)
@@ -260,6 +262,8 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     if ray.is_initialized():
         return ray.cluster_resources()
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
+    # Ray Train's controller polls workers every 2 s by default: on short fits that is pure waiting.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     kw: dict = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
     if os.environ.get("RAY_ADDRESS"):
         try:

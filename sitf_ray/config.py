@@ -28,7 +28,7 @@ class TinyModelConfig(_Base):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     head_dim: int = Field(32, ge=32)
-    vocab_size: int = Field(384, ge=260, le=65536)
+    vocab_size: int = Field(512, ge=260, le=65536)
     max_len: int = Field(256, ge=64)
 
 
@@ -54,7 +54,7 @@ class ArithConfig(_Base):
     data_seed: int = 0
     min_ops: int = Field(2, ge=1)
     max_ops: int = Field(5, ge=1)
-    max_value: int = Field(200, ge=10)
+    max_value: int = Field(60, ge=10)
     n_sft: int = Field(1500, ge=1)
     n_train: int = Field(1000, ge=1)
     n_val: int = Field(200, ge=1)
@@ -80,7 +80,7 @@ class TaskConfig(_Base):
 
 class SFTConfig(_Base):
     """Supervised fine-tuning of M_0 on gold solutions, run to convergence."""
-    max_epochs: int = Field(60, ge=1)
+    max_epochs: int = Field(30, ge=1)
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     batch_size: int = Field(64, ge=1)

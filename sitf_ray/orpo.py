@@ -11,6 +11,7 @@ workers (`collate`). The Ray Train loop itself is trainer.fit; `train_policy` wi
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -34,26 +35,23 @@ def encode_example(tok, prompt: str, response: str, max_len: int, max_prompt_len
     return p + r, [IGNORE] * len(p) + r
 
 
-class Tokenize:
-    """Ray Data UDF (one tokenizer per worker): text columns -> id/label columns."""
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(model_dir: str):
+    """One tokenizer per worker process and model (Ray Data reuses its task workers)."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(model_dir)
 
-    def __init__(self, model_dir: str, kind: str, max_len: int, max_prompt_len: int):
-        from transformers import AutoTokenizer
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.kind, self.max_len, self.max_prompt_len = kind, max_len, max_prompt_len
 
-    def __call__(self, batch: dict) -> dict:
-        out: dict = {}
-        keys = ["chosen", "rejected"] if self.kind == "pairs" else ["completion"]
-        for k in keys:
-            enc = [encode_example(self.tok, p, c, self.max_len, self.max_prompt_len)
-                   for p, c in zip(batch["prompt"], batch[k])]
-            name = "" if self.kind == "sft" else k + "_"
-            out[name + "input_ids"] = _obj([e[0] for e in enc])
-            out[name + "labels"] = _obj([e[1] for e in enc])
-        if "weight" in batch:
-            out["weight"] = np.asarray(batch["weight"], dtype=np.float32)
-        return out
+def tokenize_batch(batch: dict, model_dir: str, kind: str, max_len: int, max_prompt_len: int) -> dict:
+    """Ray Data batch function: text columns -> id/label columns ('pairs' or 'sft')."""
+    tok = cached_tokenizer(model_dir)
+    out: dict = {}
+    for k in (["chosen", "rejected"] if kind == "pairs" else ["completion"]):
+        enc = [encode_example(tok, p, c, max_len, max_prompt_len) for p, c in zip(batch["prompt"], batch[k])]
+        name = "" if kind == "sft" else k + "_"
+        out[name + "input_ids"] = _obj([e[0] for e in enc])
+        out[name + "labels"] = _obj([e[1] for e in enc])
+    return out
 
 
 def _obj(lists: list) -> np.ndarray:
@@ -113,20 +111,33 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE)
 
 
-def _concat_forward(model, b: dict) -> tuple[torch.Tensor, int]:
-    ids = torch.cat([b["chosen_input_ids"], b["rejected_input_ids"]])
-    mask = torch.cat([b["chosen_attention_mask"], b["rejected_attention_mask"]])
-    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits, b["chosen_input_ids"].shape[0]
+def _right_pad(t: torch.Tensor, n: int, value: int) -> torch.Tensor:
+    return F.pad(t, (0, n - t.shape[1]), value=value) if t.shape[1] < n else t
+
+
+def concat_pairs(b: dict) -> dict:
+    """Chosen and rejected stacked into one batch (one forward pass), padded to a common length."""
+    n = max(b["chosen_input_ids"].shape[1], b["rejected_input_ids"].shape[1])
+    out = {}
+    for key, pad in (("input_ids", 0), ("attention_mask", 0), ("labels", IGNORE)):
+        out[key] = torch.cat([_right_pad(b[f"chosen_{key}"], n, pad), _right_pad(b[f"rejected_{key}"], n, pad)])
+    return out
+
+
+def _concat_forward(model, b: dict) -> tuple[torch.Tensor, int, dict]:
+    c = concat_pairs(b)
+    logits = model(input_ids=c["input_ids"], attention_mask=c["attention_mask"], use_cache=False).logits
+    return logits, b["chosen_input_ids"].shape[0], c
 
 
 def orpo_loss(model, b: dict, beta: float, nll_on_prompt: bool = False) -> tuple[torch.Tensor, dict]:
-    logits, n = _concat_forward(model, b)
+    logits, n, c = _concat_forward(model, b)
     if nll_on_prompt:   # TRL: every non-pad token of prompt + chosen
-        nll_labels = torch.where(b["chosen_attention_mask"] == 1, b["chosen_input_ids"], IGNORE)
+        nll_labels = torch.where(c["attention_mask"][:n] == 1, c["input_ids"][:n], IGNORE)
     else:
-        nll_labels = b["chosen_labels"]
+        nll_labels = c["labels"][:n]
     nll = token_nll(logits[:n], nll_labels)
-    logps = sequence_logps(logits, torch.cat([b["chosen_labels"], b["rejected_labels"]]), average=True)
+    logps = sequence_logps(logits, c["labels"], average=True)
     pw, pl = logps[:n], logps[n:]
     log_odds = (pw - pl) - (log1mexp(pw) - log1mexp(pl))
     ratio = F.logsigmoid(log_odds)
@@ -137,11 +148,11 @@ def orpo_loss(model, b: dict, beta: float, nll_on_prompt: bool = False) -> tuple
 
 
 def dpo_loss(model, b: dict, beta: float, ref_model) -> tuple[torch.Tensor, dict]:
-    logits, n = _concat_forward(model, b)
-    labels = torch.cat([b["chosen_labels"], b["rejected_labels"]])
+    logits, n, c = _concat_forward(model, b)
+    labels = c["labels"]
     logps = sequence_logps(logits, labels, average=False)
     with torch.no_grad():
-        ref_logits, _ = _concat_forward(ref_model, b)
+        ref_logits, _, _ = _concat_forward(ref_model, b)
         ref = sequence_logps(ref_logits, labels, average=False)
     margin = (logps[:n] - ref[:n]) - (logps[n:] - ref[n:])
     loss = -F.logsigmoid(beta * margin).mean()
@@ -168,5 +179,5 @@ def policy_loss(objective: str, model, b: dict, hp: dict, ref_model=None) -> tup
 def to_train_dataset(ds, model_dir: str, kind: str, max_len: int, max_prompt_len: int):
     """Tokenise a Ray Dataset of text rows on Ray Data ('pairs': prompt/chosen/rejected, 'sft':
     prompt/completion); the trainers stream its shards."""
-    return ds.map_batches(Tokenize, fn_constructor_args=(model_dir, kind, max_len, max_prompt_len),
-                          batch_format="numpy", batch_size=256, concurrency=1)
+    return ds.map_batches(tokenize_batch, fn_args=(model_dir, kind, max_len, max_prompt_len),
+                          batch_format="numpy", batch_size=256, num_cpus=0.5)

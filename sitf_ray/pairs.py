@@ -73,8 +73,11 @@ def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy
         out_dir.mkdir(parents=True, exist_ok=True)
         return {"pairs": 0, "questions_with_pairs": 0, "shards": 0}
     cols = ["id", "qid", "prompt", "path", "reward", "correct"]
+    # The default hash shuffle starts ~200 aggregator actors: 25 s for a few thousand rows on 2 cores.
+    # The pull-based sort shuffle uses plain tasks: 2 s for the same job, same result.
+    ray.data.DataContext.get_current().shuffle_strategy = "sort_shuffle_pull_based"
     ds = ray.data.from_pandas(pd.DataFrame([{c: r[c] for c in cols} for r in scored]))
-    pairs = (ds.groupby("qid")
+    pairs = (ds.groupby("qid", num_partitions=num_shards)
                .map_groups(pairs_for_question, batch_format="pandas",
                            fn_kwargs=dict(eta=eta, strategy=strategy, max_per_question=max_per_question,
                                           require_correct_chosen=require_correct_chosen, seed=seed,

@@ -155,16 +155,23 @@ def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, h
     from .trainer import FitJob, fit
     cfg = ctx.cfg
     ds = ds_rows_or_ds if not isinstance(ds_rows_or_ds, list) else ray.data.from_items(ds_rows_or_ds)
+    n_rows = ds.count()
     ds = to_train_dataset(ds, str(init), kind, cfg.train.max_len, cfg.train.max_prompt_len)
     lora = None
     if cfg.model.lora.enabled and not init_adapter:
         lc = cfg.model.lora
         lora = {"r": lc.r, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": lc.target_modules}
     job = FitJob(name=name, storage=str(ctx.root / "ray_train"), init_model=str(init), out_dir=str(out),
-                 objective=objective, hp=hp, seed=stage_seed(cfg.seed, name), workers=cfg.cluster.train_workers,
+                 objective=objective, hp=hp, seed=stage_seed(cfg.seed, name),
+                 workers=train_workers(cfg, n_rows, hp["batch_size"]),
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
                  threads=cfg.cluster.train_threads, lora=lora, init_adapter=init_adapter, validate=validate)
     return fit(job, {"train": ds})
+
+
+def train_workers(cfg: C.SIPFConfig, n_rows: int, batch_size: int) -> int:
+    """DDP workers for a fit: as configured, but never so many that a worker's batch would be tiny."""
+    return max(1, min(cfg.cluster.train_workers, n_rows // max(1, min(batch_size, 8))))
 
 
 def build_m0(ctx: Context) -> dict:
@@ -175,13 +182,13 @@ def build_m0(ctx: Context) -> dict:
         if cfg.model.source == "tiny":
             from .models import build_tiny
             build_tiny(cfg, it / "init", seed=stage_seed(cfg.seed, "init"))
-            src = str(it / "init")
+            src = "init"                     # relative: the run directory can move
         else:
             from .models import resolve_source
             src = resolve_source(cfg.model.source, cfg.model.cache_dir)
         write_json(it / "init.json", {"source": cfg.model.source, "folder": src})
         led.mark("init", ["init.json"], seconds=time.time() - t0)
-    init = Path(read_json(it / "init.json")["folder"])
+    init = it / read_json(it / "init.json")["folder"]   # absolute folders stay absolute
     if not led.done("sft"):
         t0 = time.time()
         s = cfg.sft
@@ -287,7 +294,7 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
         return it / "prm"
     import ray.data
 
-    from .prm import PRMTokenize
+    from .prm import prm_tokenize_batch
     from .trainer import FitJob, fit, read_policy_meta
     cfg, pc, t0 = ctx.cfg, ctx.cfg.prm, time.time()
     held = split_holdout([r["qid"] for r in labels], pc.holdout, cfg.seed)
@@ -299,8 +306,8 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
     else:
         from .models import resolve_source
         base = resolve_source(pc.base, cfg.model.cache_dir)
-    ds = ray.data.from_items(train_rows).map_batches(PRMTokenize, fn_constructor_args=(base, pc.max_len,
-                                                     cfg.labeling.soft), batch_format="numpy", concurrency=1)
+    ds = ray.data.from_items(train_rows).map_batches(prm_tokenize_batch, fn_args=(base, pc.max_len,
+                                                     cfg.labeling.soft), batch_format="numpy", num_cpus=0.5)
     lora = None
     if pc.lora.enabled:
         lora = {"r": pc.lora.r, "lora_alpha": pc.lora.alpha, "lora_dropout": pc.lora.dropout,
@@ -309,7 +316,7 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
     job = FitJob(name=name, storage=str(ctx.root / "ray_train"), init_model=base, out_dir=str(it / "prm"),
                  objective="prm", hp={"lr": pc.lr, "epochs": pc.epochs, "batch_size": pc.batch_size,
                                       "warmup_steps": 10, "min_lr_ratio": 0.1},
-                 seed=stage_seed(cfg.seed, name), workers=cfg.cluster.train_workers,
+                 seed=stage_seed(cfg.seed, name), workers=train_workers(cfg, len(train_rows), pc.batch_size),
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
                  threads=cfg.cluster.train_threads, lora=lora)
     res = fit(job, {"train": ds})
@@ -448,6 +455,10 @@ def stage_sft_more(ctx: Context, it: Path, led: Ledger, k: int, prev: Path, step
     if led.done("train"):
         return led.get("train")
     cfg, tc, t0 = ctx.cfg, ctx.cfg.train, time.time()
+    if steps == 0:   # the main method did not train in this iteration: neither does its control
+        shutil.copytree(prev, it / "policy", dirs_exist_ok=True)
+        led.mark("train", ["policy"], seconds=time.time() - t0, steps=0, matched_steps=0)
+        return led.get("train")
     rows = sft_rows(ctx)
     per_epoch = max(1, math.ceil(len(rows) / tc.batch_size))
     epochs = max(1, round(steps / per_epoch))

@@ -37,27 +37,22 @@ def step_end_tokens(tok, prompt: str, steps: list[str], max_len: int) -> tuple[l
     return ids[:max_len], pos
 
 
-class PRMTokenize:
-    """Ray Data UDF: label rows (prompt, steps, target per step) -> input_ids + per-token float labels."""
-
-    def __init__(self, model_dir: str, max_len: int, soft: bool):
-        from transformers import AutoTokenizer
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.max_len, self.soft = max_len, soft
-
-    def __call__(self, batch: dict) -> dict:
-        ids_out, lab_out = [], []
-        for prompt, steps, hard, soft in zip(batch["prompt"], batch["steps"], batch["labels"], batch["soft"]):
-            ids, pos = step_end_tokens(self.tok, prompt, list(steps), self.max_len)
-            lab = np.full(len(ids), IGNORE, dtype=np.float32)
-            for p, h, s in zip(pos, hard, soft):
-                if p >= 0:
-                    lab[p] = float(s) if self.soft else float(h)
-            ids_out.append(np.asarray(ids, dtype=np.int64))
-            lab_out.append(lab)
-        a, b = np.empty(len(ids_out), dtype=object), np.empty(len(lab_out), dtype=object)
-        a[:], b[:] = ids_out, lab_out
-        return {"input_ids": a, "step_labels": b}
+def prm_tokenize_batch(batch: dict, model_dir: str, max_len: int, soft: bool) -> dict:
+    """Ray Data batch function: label rows (prompt, steps, labels, soft) -> input_ids + per-token labels."""
+    from .orpo import cached_tokenizer
+    tok = cached_tokenizer(model_dir)
+    ids_out, lab_out = [], []
+    for prompt, steps, hard, sft in zip(batch["prompt"], batch["steps"], batch["labels"], batch["soft"]):
+        ids, pos = step_end_tokens(tok, prompt, list(steps), max_len)
+        lab = np.full(len(ids), IGNORE, dtype=np.float32)
+        for p, h, s in zip(pos, hard, sft):
+            if p >= 0:
+                lab[p] = float(s) if soft else float(h)
+        ids_out.append(np.asarray(ids, dtype=np.int64))
+        lab_out.append(lab)
+    a, b = np.empty(len(ids_out), dtype=object), np.empty(len(lab_out), dtype=object)
+    a[:], b[:] = ids_out, lab_out
+    return {"input_ids": a, "step_labels": b}
 
 
 def prm_collate(rows: list[dict], pad_id: int) -> dict:

@@ -135,9 +135,13 @@ def _loop(job: dict):
 
     # This worker's shard, in stream order (preserve_order makes the split the same on every run).
     rows = list(ray.train.get_dataset_shard("train").iter_rows())
+    if not rows:
+        raise RuntimeError(f"{job['name']}: training worker {rank} of {world} received no rows; "
+                           f"use fewer workers (cluster.train_workers) or more data")
     bs, accum, epochs = int(hp["batch_size"]), int(hp.get("grad_accum", 1)), int(hp["epochs"])
     per_worker_bs = max(1, bs // world)
     n_batches = max(1, math.ceil(len(rows) / per_worker_bs))
+    row_lens = [max(len(v) for k, v in r.items() if k.endswith("input_ids")) for r in rows]
     total_steps = max(1, epochs * math.ceil(n_batches / accum))
 
     model = _load_model(job)
@@ -152,7 +156,10 @@ def _loop(job: dict):
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     device = ray.train.torch.get_device()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
+    if hp.get("optimizer", "adamw") == "sgd":   # linear in the gradient: used to check DDP equivalence
+        opt = torch.optim.SGD(params, lr=float(hp["lr"]))
+    else:
+        opt = torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
     sched = get_cosine_with_min_lr_schedule_with_warmup(
         opt, num_warmup_steps=min(int(hp.get("warmup_steps", 0)), total_steps // 2),
         num_training_steps=total_steps, min_lr_rate=float(hp.get("min_lr_ratio", 0.1)))
@@ -186,14 +193,11 @@ def _loop(job: dict):
     for epoch in range(start_epoch, epochs):
         t_ep = time.time()
         rng = random.Random(seed * 1000 + epoch * 17 + rank)
-        order = list(range(len(rows)))
-        rng.shuffle(order)
         ddp_model.train()
         sums: dict = {}
         n_seen = 0
         opt.zero_grad(set_to_none=True)
-        for bi in range(n_batches):
-            idx = [order[(bi * per_worker_bs + j) % len(order)] for j in range(per_worker_bs)] if rows else []
+        for bi, idx in enumerate(length_grouped_batches(row_lens, per_worker_bs, rng)):
             batch_rows = [rows[i] for i in idx]
             if objective == "prm":
                 b = prm_collate(batch_rows, pad_id)
@@ -253,6 +257,19 @@ def _loop(job: dict):
             (Path(d) / "fit_result.json").write_text(json.dumps(info))
         ray.train.report({"epoch": len(history), "final": 1},
                          checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, window: int = 16) -> list:
+    """Shuffled batches of similar-length rows (less padding): shuffle, sort within windows of `window`
+    batches, cut, shuffle the batch order. Same count as plain batching, so DDP workers stay in step."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches, w = [], batch_size * window
+    for s in range(0, len(order), w):
+        win = sorted(order[s:s + w], key=lambda i: lengths[i])
+        batches += [win[j:j + batch_size] for j in range(0, len(win), batch_size)]
+    rng.shuffle(batches)
+    return batches or [[]]
 
 
 def _save_final(model, tok, job: dict, out: Path):

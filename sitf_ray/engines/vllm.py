@@ -48,7 +48,9 @@ class VLLMEngine:
     def generate(self, prompts: list[str], params: GenParams, seed: int) -> list[list[Completion]]:
         import torch
         from vllm import SamplingParams
-        sp_kw = dict(n=params.n, temperature=params.temperature, top_p=params.top_p,
+        # vLLM refuses n > 1 with greedy decoding; greedy copies are identical, so decode once and repeat.
+        copies = params.n if params.temperature == 0 else 1
+        sp_kw = dict(n=params.n // copies, temperature=params.temperature, top_p=params.top_p,
                      max_tokens=params.max_tokens, stop=list(params.stop) or None)
         if self.device == "cpu":
             torch.manual_seed(seed)
@@ -57,7 +59,7 @@ class VLLMEngine:
             sps = [SamplingParams(**sp_kw, seed=(seed + i) & 0x7FFFFFFF) for i in range(len(prompts))]
         outs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self._lora)
         return [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
-                 for o in out.outputs] for out in outs]
+                 for o in out.outputs] * copies for out in outs]
 
     # ---------------------------------------------------------------------------------------- weights
     def load_state(self, state: dict, version: int) -> str:

