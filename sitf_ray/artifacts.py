@@ -125,6 +125,13 @@ class Ledger:
         return self.data.get(stage, {}).get("figures", {})
 
     def mark(self, stage: str, artifacts: Optional[list[str]] = None, **figures) -> None:
+        """Record a finished stage. If it was recomputed with a different result, every stage recorded
+        after it is dropped too: their inputs changed, so they run again."""
         arts = {a: digest(self.folder / a) for a in (artifacts or [])}
+        old = self.data.get(stage)
+        if old is not None and old.get("artifacts") != arts:
+            names = list(self.data)
+            for later in names[names.index(stage) + 1:]:
+                del self.data[later]
         self.data[stage] = {"artifacts": arts, "figures": figures}
         write_json(self.path, self.data)
