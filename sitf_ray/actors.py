@@ -31,6 +31,10 @@ ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNI
              "RAY_DEDUP_LOGS": "1"}
 
 
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached or cannot give what the config asks for (message says which)."""
+
+
 class StaleWeightsError(RuntimeError):
     """A replica was asked for a weight version it does not hold."""
 
@@ -92,7 +96,7 @@ class ReplicaPool:
         ready, _ = ray.wait([self.pg.ready()], timeout=float(os.environ.get("SITF_PG_TIMEOUT", 600)))
         if not ready:
             remove_placement_group(self.pg)
-            raise RuntimeError(f"{name}: cluster cannot place {replicas} replicas of {bundle} "
+            raise ClusterError(f"{name}: cluster cannot place {replicas} replicas of {bundle} "
                                f"(strategy {strategy}); lower the cluster.* resources or add nodes")
         self.actors = [self._start(i) for i in range(replicas)]
         self.replayed: dict[str, tuple] = {}   # last broadcast per method, replayed on restarted replicas
@@ -257,6 +261,21 @@ class GeneratorPool:
         self.pool.shutdown()
 
 
+def _check_reachable(address: str, timeout: float = 10.0):
+    """Fail in seconds, not minutes, when RAY_ADDRESS points at nothing (ray.init retries for long)."""
+    import socket
+    from urllib.parse import urlparse
+    if address in ("auto", "local"):
+        return
+    u = urlparse(address if "://" in address else f"ray://{address}")
+    if not u.hostname or not u.port:
+        raise ClusterError(f"RAY_ADDRESS={address}: expected host:port (or ray://host:port)")
+    try:
+        socket.create_connection((u.hostname, u.port), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {e.strerror or e}") from None
+
+
 def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     """Connect to the cluster in RAY_ADDRESS (ray job submit) or start a local Ray."""
     if ray.is_initialized():
@@ -265,12 +284,15 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     # Ray Train's controller polls workers every 2 s by default: on short fits that is pure waiting.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     kw: dict = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address:
+        _check_reachable(address)
         try:
             ray.init(**kw)
         except ConnectionError as e:
-            raise RuntimeError(f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: "
-                               f"{e}") from None
+            raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {e}") from None
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+        # address="local": always a fresh local instance, never a stale `ray start` cluster recorded in
+        # /tmp/ray/ray_current_cluster (which plain ray.init() would try to join)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
     return ray.cluster_resources()

@@ -135,3 +135,23 @@ class Ledger:
                 del self.data[later]
         self.data[stage] = {"artifacts": arts, "figures": figures}
         write_json(self.path, self.data)
+
+
+def mirror_up(local: str | Path, uri: str) -> None:
+    """Copy a run directory to a bucket or other filesystem URI (s3://, gs://, file://) with pyarrow."""
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), path, destination_filesystem=fs)
+
+
+def mirror_down(uri: str, local: str | Path) -> Path:
+    """Fetch a run directory from a URI (to resume it on a new machine)."""
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise ArtifactError(f"{uri}: nothing stored there")
+    local = Path(local)
+    local.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(local.resolve()), source_filesystem=fs)
+    return local

@@ -44,6 +44,10 @@ def cmd_resume(a) -> int:
     from . import config as C
     from .pipeline import run
     from .report import table
+    if "://" in a.dir:   # a run mirrored to a bucket: fetch it, then continue here
+        from .artifacts import mirror_down
+        local = Path("runs") / a.dir.rstrip("/").rsplit("/", 1)[-1]
+        a.dir = str(mirror_down(a.dir, local))
     path = Path(a.dir) / "config.yaml"
     if not path.exists():
         raise C.ConfigError(f"{a.dir}: no config.yaml here; nothing to resume")
@@ -188,13 +192,27 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .actors import ClusterError
+    from .artifacts import ArtifactError
     from .config import ConfigError
-    args = parser().parse_args(argv)
+    from .tasks.base import DataError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value overrides may come anywhere after the command (argparse cannot mix them with options)
+    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    args = parser().parse_args([a for a in argv if a not in overrides])
+    if hasattr(args, "overrides"):
+        args.overrides = overrides
+    elif overrides:
+        print(f"sitf-ray {args.cmd}: takes no key=value overrides (got {overrides[0]})", file=sys.stderr)
+        return 2
     try:
         return args.fn(args) or 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (ClusterError, DataError, ArtifactError) as e:   # the user's input or cluster: one clear line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; `sitf-ray resume DIR` continues where this stopped", file=sys.stderr)
         return 130

@@ -47,6 +47,7 @@ class ModelConfig(_Base):
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig = LoraConfig()
+    load_in_4bit: bool = False                # QLoRA (CUDA + bitsandbytes): 4-bit base under the LoRA
     cache_dir: str = ".cache/models"
 
 
@@ -88,6 +89,7 @@ class SFTConfig(_Base):
     weight_decay: float = Field(0.0, ge=0)
     eval_every: int = Field(2, ge=1)          # epochs between validation-accuracy checks
     patience: int = Field(4, ge=1)            # evals without improvement before stopping (converged)
+    min_epochs: int = Field(16, ge=0)         # never stop before this: early accuracy is noise, not a plateau
     min_delta: float = Field(0.005, ge=0)
 
 
@@ -119,6 +121,7 @@ class PRMConfig(_Base):
     holdout: float = Field(0.08, ge=0, lt=1)
     aggregate: Literal["mean", "min", "last"] = "mean"
     lora: LoraConfig = LoraConfig()
+    load_in_4bit: bool = False                # 4-bit base + LoRA, as the paper's 7B PRM (CUDA only)
     max_len: int = Field(256, ge=16)
 
 

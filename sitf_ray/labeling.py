@@ -54,10 +54,16 @@ class Prober:
             outs = self.pool.generate(prompts, self.params, seed=self.seed + 7919 * self.calls,
                                       desc=f"rollouts x{self.k}")
             self.calls += 1
+            from .sampling import check_all
+            flat_rows, flat_texts = [], []
             for (q, st), prompt_outs in zip(todo, outs):
                 done = self.task.join_steps(list(st)) + "\n"
-                self.cache[(q, st)] = sum(self.task.is_correct(self.rows[q], done + c.text) for c in prompt_outs)
+                flat_rows += [self.rows[q]] * len(prompt_outs)
+                flat_texts += [done + c.text for c in prompt_outs]
                 self.tokens += sum(c.n_tokens for c in prompt_outs)
+            ok = check_all(self.task, flat_rows, flat_texts)
+            for i, key in enumerate(todo):
+                self.cache[key] = sum(ok[i * self.k:(i + 1) * self.k])
         return {k: self.cache[k] for k in keys}
 
 

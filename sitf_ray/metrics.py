@@ -22,7 +22,11 @@ NAMES = {
 class Metrics:
     """Thin holder of the ray.util.metrics objects; safe to call when Ray metrics are unavailable."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self._gauges: dict = {}
+        self.ok = False
+        if not enabled:
+            return
         try:
             from ray.util.metrics import Counter, Gauge, Histogram
             self.samples = Counter("sitf_samples_total", NAMES["sitf_samples_total"])
@@ -40,6 +44,25 @@ class Metrics:
             self.ok = True
         except Exception:   # metrics are never worth failing a run for
             self.ok = False
+        # Ray drops a gauge series ~2 export intervals after its last set(); a "current value" gauge
+        # (weight version, accuracy) must stay visible while the driver lives, so re-set them.
+        if self.ok:
+            import threading
+            threading.Thread(target=self._keep_gauges, daemon=True, name="sitf-gauges").start()
+
+    def _keep_gauges(self):
+        import time
+        while True:
+            time.sleep(5)
+            for (gauge, tags), value in list(self._gauges.items()):
+                try:
+                    gauge.set(value, tags=dict(tags) if tags else None)
+                except Exception:
+                    pass
+
+    def _set(self, gauge, value: float, tags: dict | None = None):
+        gauge.set(value, tags=tags)
+        self._gauges[(gauge, tuple(sorted((tags or {}).items())))] = value
 
     def _do(self, fn):
         if self.ok:
@@ -49,25 +72,38 @@ class Metrics:
                 pass
 
     def sampled(self, st: dict, seconds: float):
-        self._do(lambda: (self.samples.inc(st["kept"]), self.tok_s.set(st["tokens"] / max(seconds, 1e-9)),
-                          self.stage(("sample"), seconds)))
+        self._do(lambda: (self.samples.inc(max(st["kept"], 1e-9)),
+                          self._set(self.tok_s, st["tokens"] / max(seconds, 1e-9))))
 
     def labeled(self, stats):
-        self._do(lambda: (self.rollouts.inc(stats.rollouts), self.positives.inc(stats.positives),
-                          self.stage("label", stats.seconds)))
+        self._do(lambda: (self.rollouts.inc(max(stats.rollouts, 1e-9)),
+                          self.positives.inc(max(stats.positives, 1e-9))))
 
     def loss(self, objective: str, value: float):
-        self._do(lambda: self.train_loss.set(float(value), tags={"objective": objective}))
+        self._do(lambda: self._set(self.train_loss, float(value), {"objective": objective}))
 
     def pairs(self, n: int):
-        self._do(lambda: self.n_pairs.inc(n) if n else None)
+        self._do(lambda: self.n_pairs.inc(max(n, 1e-9)))
 
     def sync(self, rep):
-        self._do(lambda: (self.version.set(rep.version), self.sync_s.observe(rep.seconds)))
+        self._do(lambda: (self._set(self.version, rep.version), self.sync_s.observe(rep.seconds)))
 
     def eval(self, accuracy: float):
-        self._do(lambda: self.acc.set(accuracy))
+        self._do(lambda: self._set(self.acc, accuracy))
 
     def stage(self, name: str, seconds: float):
-        if self.ok:
-            self.stage_s.observe(seconds, tags={"stage": name})
+        self._do(lambda: self.stage_s.observe(seconds, tags={"stage": name}))
+
+
+_METRICS = None
+
+
+def get() -> Metrics:
+    """The process's Metrics, created on first use once Ray is up (before that: a no-op stand-in)."""
+    global _METRICS
+    if _METRICS is None:
+        import ray
+        if not ray.is_initialized():
+            return Metrics(enabled=False)
+        _METRICS = Metrics()
+    return _METRICS

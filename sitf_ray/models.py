@@ -5,8 +5,6 @@ transformers, the PRM and the trainers all load the same way.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -101,36 +99,3 @@ def resolve_source(source: str, cache_dir: str | Path) -> str:
     if source == "smollm2":
         return str(smollm2_folder(cache_dir))
     return source
-
-
-def folder_digest(folder: str | Path) -> str:
-    """sha256 over the weight files of a model folder (names and bytes), for provenance and checks."""
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def count_params(folder: str | Path) -> int:
-    from safetensors import safe_open
-    n = 0
-    for f in Path(folder).glob("*.safetensors"):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                n += st.get_slice(k).get_shape().numel() if hasattr(st.get_slice(k).get_shape(), "numel") \
-                    else _prod(st.get_slice(k).get_shape())
-    return n
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def read_json(path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -6,8 +6,9 @@ ORPO (Hong et al. 2024), as the SIPF paper and TRL's ORPOTrainer define it:
 TRL takes the NLL over prompt + response (`nll_on_prompt=True` reproduces it exactly and is what the test
 checks); the ORPO paper takes it over the response only, our default.
 
-Rows are tokenised once on Ray Data (`tokenize_pairs` / `tokenize_sft`) and padded per batch on the
-workers (`collate`). The Ray Train loop itself is trainer.fit; `train_policy` wires it for the policy.
+Text rows stream to the Ray Train workers as Ray Data shards; each worker tokenises its own shard
+(`encode_rows`: the workers already hold a tokenizer, so no extra processes start) and pads per batch
+(`collate`). The Ray Train loop itself is trainer.fit; `train_policy` wires it for the policy.
 """
 from __future__ import annotations
 
@@ -42,15 +43,18 @@ def cached_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def tokenize_batch(batch: dict, model_dir: str, kind: str, max_len: int, max_prompt_len: int) -> dict:
-    """Ray Data batch function: text columns -> id/label columns ('pairs' or 'sft')."""
-    tok = cached_tokenizer(model_dir)
-    out: dict = {}
-    for k in (["chosen", "rejected"] if kind == "pairs" else ["completion"]):
-        enc = [encode_example(tok, p, c, max_len, max_prompt_len) for p, c in zip(batch["prompt"], batch[k])]
-        name = "" if kind == "sft" else k + "_"
-        out[name + "input_ids"] = _obj([e[0] for e in enc])
-        out[name + "labels"] = _obj([e[1] for e in enc])
+def encode_rows(rows: list[dict], tok, kind: str, max_len: int, max_prompt_len: int) -> list[dict]:
+    """Text rows -> token rows: 'pairs' (prompt/chosen/rejected) or 'sft' (prompt/completion)."""
+    out = []
+    for r in rows:
+        if kind == "pairs":
+            c = encode_example(tok, r["prompt"], r["chosen"], max_len, max_prompt_len)
+            j = encode_example(tok, r["prompt"], r["rejected"], max_len, max_prompt_len)
+            out.append({"chosen_input_ids": c[0], "chosen_labels": c[1], "rejected_input_ids": j[0],
+                        "rejected_labels": j[1]})
+        else:
+            ids, labels = encode_example(tok, r["prompt"], r["completion"], max_len, max_prompt_len)
+            out.append({"input_ids": ids, "labels": labels})
     return out
 
 
@@ -175,9 +179,3 @@ def policy_loss(objective: str, model, b: dict, hp: dict, ref_model=None) -> tup
         return sft_loss(model, b)
     raise ValueError(f"unknown policy objective {objective!r}")
 
-
-def to_train_dataset(ds, model_dir: str, kind: str, max_len: int, max_prompt_len: int):
-    """Tokenise a Ray Dataset of text rows on Ray Data ('pairs': prompt/chosen/rejected, 'sft':
-    prompt/completion); the trainers stream its shards."""
-    return ds.map_batches(tokenize_batch, fn_args=(model_dir, kind, max_len, max_prompt_len),
-                          batch_format="numpy", batch_size=256, num_cpus=0.5)

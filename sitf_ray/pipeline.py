@@ -49,7 +49,11 @@ class Context:
     loaded: str = ""             # policy folder currently in the generators
     version: int = 0
     sync_log: list = field(default_factory=list)
-    metrics: object = None
+
+    @property
+    def metrics(self):
+        from . import metrics
+        return metrics.get()
 
     @property
     def m0(self) -> Path:
@@ -81,8 +85,7 @@ def prepare(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> Context
     task = get_task(cfg.task.name)
     splits = load_splits(cfg, task)
     by_id = {r["id"]: r for rows in splits.values() for r in rows}
-    from . import metrics
-    return Context(cfg=cfg, root=root, task=task, splits=splits, by_id=by_id, metrics=metrics.Metrics())
+    return Context(cfg=cfg, root=root, task=task, splits=splits, by_id=by_id)
 
 
 def engine_spec(cfg: C.SIPFConfig, model_dir: str):
@@ -147,26 +150,31 @@ def sft_rows(ctx: Context) -> list[dict]:
 
 
 def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, hp: dict, ds_rows_or_ds,
-               kind: str, validate: Optional[dict] = None, init_adapter: Optional[str] = None):
-    """SFT / ORPO / DPO on Ray Train; rows are tokenised on Ray Data on the way in."""
+               validate: Optional[dict] = None, init_adapter: Optional[str] = None):
+    """SFT / ORPO / DPO on Ray Train over a Ray Dataset of text rows (each worker tokenises its shard)."""
     import ray.data
 
-    from .orpo import to_train_dataset
     from .trainer import FitJob, fit
     cfg = ctx.cfg
     ds = ds_rows_or_ds if not isinstance(ds_rows_or_ds, list) else ray.data.from_items(ds_rows_or_ds)
     n_rows = ds.count()
-    ds = to_train_dataset(ds, str(init), kind, cfg.train.max_len, cfg.train.max_prompt_len)
+    hp = {"max_len": cfg.train.max_len, "max_prompt_len": cfg.train.max_prompt_len} | hp
     lora = None
     if cfg.model.lora.enabled and not init_adapter:
         lc = cfg.model.lora
         lora = {"r": lc.r, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": lc.target_modules}
-    job = FitJob(name=name, storage=str(ctx.root / "ray_train"), init_model=str(init), out_dir=str(out),
+    job = FitJob(name=name, storage=train_storage(ctx), init_model=str(init), out_dir=str(out),
                  objective=objective, hp=hp, seed=stage_seed(cfg.seed, name),
                  workers=train_workers(cfg, n_rows, hp["batch_size"]),
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
-                 threads=cfg.cluster.train_threads, lora=lora, init_adapter=init_adapter, validate=validate)
+                 threads=cfg.cluster.train_threads, lora=lora, init_adapter=init_adapter, validate=validate,
+                 extra={"load_in_4bit": cfg.model.load_in_4bit})
     return fit(job, {"train": ds})
+
+
+def train_storage(ctx: Context) -> str:
+    """Ray Train checkpoints: beside the run, or in the bucket when the run is mirrored to one."""
+    return f"{ctx.cfg.storage.rstrip('/')}/ray_train" if ctx.cfg.storage else str(ctx.root / "ray_train")
 
 
 def train_workers(cfg: C.SIPFConfig, n_rows: int, batch_size: int) -> int:
@@ -195,9 +203,8 @@ def build_m0(ctx: Context) -> dict:
         hp = {"lr": s.lr, "epochs": s.max_epochs, "batch_size": s.batch_size, "warmup_steps": s.warmup_steps,
               "weight_decay": s.weight_decay, "min_lr_ratio": s.min_lr_ratio, "max_grad_norm": 1.0}
         val = {"task": cfg.task.name, "rows": ctx.splits["val"], "every": s.eval_every, "patience": s.patience,
-               "min_delta": s.min_delta, "max_tokens": cfg.eval.max_tokens}
-        res = fit_policy(ctx, f"m0-sft-{cfg.seed}", init, it / "policy", "sft", hp, sft_rows(ctx), "sft",
-                         validate=val)
+               "min_delta": s.min_delta, "max_tokens": cfg.eval.max_tokens, "min_epochs": s.min_epochs}
+        res = fit_policy(ctx, f"m0-sft-{cfg.seed}", init, it / "policy", "sft", hp, sft_rows(ctx), validate=val)
         write_json(it / "sft.json", {"steps": res.steps, "epochs": res.epochs, "best": res.best,
                                      "history": res.history, "seconds": res.seconds})
         led.mark("sft", ["policy", "sft.json"], seconds=time.time() - t0, steps=res.steps)
@@ -294,7 +301,6 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
         return it / "prm"
     import ray.data
 
-    from .prm import prm_tokenize_batch
     from .trainer import FitJob, fit, read_policy_meta
     cfg, pc, t0 = ctx.cfg, ctx.cfg.prm, time.time()
     held = split_holdout([r["qid"] for r in labels], pc.holdout, cfg.seed)
@@ -306,19 +312,19 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
     else:
         from .models import resolve_source
         base = resolve_source(pc.base, cfg.model.cache_dir)
-    ds = ray.data.from_items(train_rows).map_batches(prm_tokenize_batch, fn_args=(base, pc.max_len,
-                                                     cfg.labeling.soft), batch_format="numpy", num_cpus=0.5)
+    ds = ray.data.from_items(train_rows)
     lora = None
     if pc.lora.enabled:
         lora = {"r": pc.lora.r, "lora_alpha": pc.lora.alpha, "lora_dropout": pc.lora.dropout,
                 "target_modules": pc.lora.target_modules}
     name = f"prm-{method}-{k}-{cfg.seed}"
-    job = FitJob(name=name, storage=str(ctx.root / "ray_train"), init_model=base, out_dir=str(it / "prm"),
+    job = FitJob(name=name, storage=train_storage(ctx), init_model=base, out_dir=str(it / "prm"),
                  objective="prm", hp={"lr": pc.lr, "epochs": pc.epochs, "batch_size": pc.batch_size,
-                                      "warmup_steps": 10, "min_lr_ratio": 0.1},
+                                      "warmup_steps": 10, "min_lr_ratio": 0.1, "max_len": pc.max_len,
+                                      "soft": cfg.labeling.soft},
                  seed=stage_seed(cfg.seed, name), workers=train_workers(cfg, len(train_rows), pc.batch_size),
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
-                 threads=cfg.cluster.train_threads, lora=lora)
+                 threads=cfg.cluster.train_threads, lora=lora, extra={"load_in_4bit": pc.load_in_4bit})
     res = fit(job, {"train": ds})
     write_json(it / "prm_train.json", {"history": res.history, "steps": res.steps, "seconds": res.seconds,
                                        "train_paths": len(train_rows), "holdout_questions": sorted(held)})
@@ -419,7 +425,6 @@ def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: 
     cfg, tc, t0 = ctx.cfg, ctx.cfg.train, time.time()
     dirs = [mdir / f"iter_{j:02d}" / "pairs" for j in range(1, k + 1)] if cfg.pairs.accumulate else [it / "pairs"]
     objective = {"sipf": tc.loss, "sipf-dpo": "dpo", "outcome": tc.loss, "rft": "sft"}[method]
-    kind = "sft" if method == "rft" else "pairs"
     if method == "rft":
         files = [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
         ds = ray.data.read_parquet(files, columns=["prompt", "completion"]) if files else None
@@ -437,7 +442,7 @@ def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: 
     hp = {"lr": tc.lr, "epochs": tc.epochs, "batch_size": tc.batch_size, "grad_accum": tc.grad_accum,
           "warmup_steps": tc.warmup_steps, "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm,
           "beta": tc.beta, "nll_on_prompt": tc.nll_on_prompt, "min_lr_ratio": 0.1}
-    res = fit_policy(ctx, f"policy-{method}-{k}-{cfg.seed}", init_model, it / "policy", objective, hp, ds, kind,
+    res = fit_policy(ctx, f"policy-{method}-{k}-{cfg.seed}", init_model, it / "policy", objective, hp, ds,
                      init_adapter=init_adapter)
     last = res.history[-1] if res.history else {}
     write_json(it / "train.json", {"objective": objective, "steps": res.steps, "epochs": res.epochs,
@@ -464,7 +469,7 @@ def stage_sft_more(ctx: Context, it: Path, led: Ledger, k: int, prev: Path, step
     epochs = max(1, round(steps / per_epoch))
     hp = {"lr": tc.lr, "epochs": epochs, "batch_size": tc.batch_size, "warmup_steps": tc.warmup_steps,
           "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm, "min_lr_ratio": 0.1}
-    res = fit_policy(ctx, f"policy-sft-{k}-{cfg.seed}", prev, it / "policy", "sft", hp, rows, "sft")
+    res = fit_policy(ctx, f"policy-sft-{k}-{cfg.seed}", prev, it / "policy", "sft", hp, rows)
     write_json(it / "train.json", {"objective": "sft", "steps": res.steps, "epochs": res.epochs,
                                    "matched_steps": steps, "history": res.history, "seconds": res.seconds})
     led.mark("train", ["policy", "train.json"], seconds=time.time() - t0, steps=res.steps, matched_steps=steps)
@@ -511,6 +516,8 @@ def run_method(ctx: Context, method: str) -> list[dict]:
         stage_eval(ctx, it, led, it / "policy", f"{method} iter {k}")
         atomic_write_text(it / "DONE", f"{time.time() - t_iter:.1f}\n")
         records.append(iteration_record(it, k))
+        if cfg.storage:
+            mirror(ctx)
         prev = it / "policy"
     return records
 
@@ -533,6 +540,13 @@ def iteration_record(it: Path, k: int) -> dict:
     return rec
 
 
+def mirror(ctx: Context):
+    from .artifacts import mirror_up
+    t0 = time.time()
+    mirror_up(ctx.root, ctx.cfg.storage)
+    summary("mirror", time.time() - t0, to=ctx.cfg.storage)
+
+
 def stage_timings(ctx: Context) -> dict:
     """{'<method>/iter_k': {stage: seconds}} from every ledger of the run."""
     out = {}
@@ -546,8 +560,8 @@ def stage_timings(ctx: Context) -> dict:
 def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
     from .actors import init_ray
     t0 = time.time()
+    ctx = prepare(cfg, out, resume)   # config and data problems surface before any cluster work
     init_ray(cfg.cluster.num_cpus or max(8, 2 * (os.cpu_count() or 1)))
-    ctx = prepare(cfg, out, resume)
     try:
         build_m0(ctx)
         main = run_method(ctx, cfg.method)
@@ -564,6 +578,8 @@ def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
                                                "stages": stage_timings(ctx)})
         from .report import write_report
         write_report(ctx.root)
+        if cfg.storage:
+            mirror(ctx)
         results["seconds"] = time.time() - t0
         return results
     finally:

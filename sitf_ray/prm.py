@@ -37,22 +37,17 @@ def step_end_tokens(tok, prompt: str, steps: list[str], max_len: int) -> tuple[l
     return ids[:max_len], pos
 
 
-def prm_tokenize_batch(batch: dict, model_dir: str, max_len: int, soft: bool) -> dict:
-    """Ray Data batch function: label rows (prompt, steps, labels, soft) -> input_ids + per-token labels."""
-    from .orpo import cached_tokenizer
-    tok = cached_tokenizer(model_dir)
-    ids_out, lab_out = [], []
-    for prompt, steps, hard, sft in zip(batch["prompt"], batch["steps"], batch["labels"], batch["soft"]):
-        ids, pos = step_end_tokens(tok, prompt, list(steps), max_len)
+def prm_encode_rows(rows: list[dict], tok, max_len: int, soft: bool) -> list[dict]:
+    """Label rows (prompt, steps, labels, soft) -> input_ids + per-token float labels (IGNORE elsewhere)."""
+    out = []
+    for r in rows:
+        ids, pos = step_end_tokens(tok, r["prompt"], list(r["steps"]), max_len)
         lab = np.full(len(ids), IGNORE, dtype=np.float32)
-        for p, h, s in zip(pos, hard, sft):
+        for p, h, s in zip(pos, r["labels"], r["soft"]):
             if p >= 0:
                 lab[p] = float(s) if soft else float(h)
-        ids_out.append(np.asarray(ids, dtype=np.int64))
-        lab_out.append(lab)
-    a, b = np.empty(len(ids_out), dtype=object), np.empty(len(lab_out), dtype=object)
-    a[:], b[:] = ids_out, lab_out
-    return {"input_ids": a, "step_labels": b}
+        out.append({"input_ids": np.asarray(ids, dtype=np.int64), "step_labels": lab})
+    return out
 
 
 def prm_collate(rows: list[dict], pad_id: int) -> dict:

@@ -34,6 +34,8 @@ def summary(stage: str, seconds: float, **figures) -> str:
         parts.append(f"{k}={v}")
     line = f"[{stage}] {seconds:.1f} s  " + "  ".join(parts)
     print(line, flush=True)
+    from . import metrics
+    metrics.get().stage(stage.split()[0], seconds)
     return line
 
 

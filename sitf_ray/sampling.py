@@ -25,7 +25,7 @@ def sample_paths(pool, task: Task, rows: list[dict], n: int, temperature: float,
     samples, stats = [], {"generated": 0, "kept": 0, "duplicates": 0, "invalid": 0, "truncated": 0, "tokens": 0,
                           "correct": 0, "questions_with_correct": 0}
     for row, comps in zip(rows, outs):
-        seen, kept_code, any_correct = set(), [], False
+        seen, kept_code = set(), []
         for j, c in enumerate(comps):
             stats["generated"] += 1
             stats["tokens"] += c.n_tokens
@@ -47,13 +47,21 @@ def sample_paths(pool, task: Task, rows: list[dict], n: int, temperature: float,
                 kept_code.append(code)
             seen.add(key)
             path = task.join_steps(steps)
-            correct = bool(task.is_correct(row, path))
-            any_correct |= correct
             stats["truncated"] += int(c.finish_reason == "length")
-            stats["correct"] += int(correct)
             samples.append({"id": f"{row['id']}-s{j}", "qid": row["id"], "path": path, "steps": steps,
-                            "answer": task.extract_answer(path), "correct": correct, "n_tokens": c.n_tokens,
+                            "answer": task.extract_answer(path), "correct": False, "n_tokens": c.n_tokens,
                             "finish": c.finish_reason})
-        stats["questions_with_correct"] += int(any_correct)
+    by_id = {r["id"]: r for r in rows}
+    for s, ok in zip(samples, check_all(task, [by_id[s["qid"]] for s in samples], [s["path"] for s in samples])):
+        s["correct"] = ok
+    stats["correct"] = sum(s["correct"] for s in samples)
+    stats["questions_with_correct"] = len({s["qid"] for s in samples if s["correct"]})
     stats["kept"] = len(samples)
     return samples, stats
+
+
+def check_all(task: Task, rows: list[dict], texts: list[str]) -> list[bool]:
+    """task.is_correct over many completions (code tasks run their sandboxed programs concurrently)."""
+    if task.is_correct_many is not None:
+        return [bool(x) for x in task.is_correct_many(rows, texts)]
+    return [bool(task.is_correct(r, t)) for r, t in zip(rows, texts)]

@@ -880,5 +880,14 @@ def check_many(items: Sequence[tuple], workers: int = 4, **kw) -> list[SandboxRe
         return list(ex.map(one, items))
 
 
-__all__ = ["SandboxResult", "run_program", "check_program", "check_many", "bwrap_available",
+def passed_many(items: Sequence, workers: int = 4, **kw) -> list[bool]:
+    """check_many over items where None means 'no program' (e.g. no code found): that one fails."""
+    todo = [i for i, it in enumerate(items) if it is not None]
+    out = [False] * len(items)
+    for i, r in zip(todo, check_many([items[i] for i in todo], workers=workers, **kw)):
+        out[i] = r.status == "passed"
+    return out
+
+
+__all__ = ["SandboxResult", "run_program", "check_program", "check_many", "passed_many", "bwrap_available",
            "sandbox_info"]

@@ -93,14 +93,30 @@ def fit(job: FitJob, datasets: dict) -> FitResult:
 
 # ------------------------------------------------------------------------------------------ worker side
 
+def quantization(load_in_4bit: bool):
+    """QLoRA's 4-bit NF4 base (bitsandbytes, CUDA only); None when not asked for."""
+    if not load_in_4bit:
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError("load_in_4bit needs a CUDA GPU (bitsandbytes); set model/prm.load_in_4bit=false on CPU")
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
 def _load_model(job: dict):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    q = quantization(bool(job.get("extra", {}).get("load_in_4bit")))
+    kw = {"dtype": torch.bfloat16 if q else torch.float32} | ({"quantization_config": q} if q else {})
     if job["objective"] == "prm":
-        model = AutoModelForTokenClassification.from_pretrained(job["init_model"], num_labels=2,
-                                                                dtype=torch.float32)
+        model = AutoModelForTokenClassification.from_pretrained(job["init_model"], num_labels=2, **kw)
     else:
-        model = AutoModelForCausalLM.from_pretrained(job["init_model"], dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(job["init_model"], **kw)
+    if q:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model)
     if job.get("init_adapter"):
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, job["init_adapter"], is_trainable=True)
@@ -124,6 +140,9 @@ def _loop(job: dict):
     from .orpo import collate, policy_loss
 
     torch.set_num_threads(int(job["threads"]))
+    _t0 = time.time()
+    prof = (lambda msg: print(f"[fit-profile] {time.time() - _t0:6.2f}s {msg}", flush=True)) \
+        if job.get("extra", {}).get("profile") else (lambda msg: None)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed, hp = int(job["seed"]), job["hp"]
@@ -134,7 +153,10 @@ def _loop(job: dict):
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # This worker's shard, in stream order (preserve_order makes the split the same on every run).
+    prof("worker started")
     rows = list(ray.train.get_dataset_shard("train").iter_rows())
+    prof(f"{len(rows)} rows read")
+    rows = encode(job["objective"], rows, tok, hp)
     if not rows:
         raise RuntimeError(f"{job['name']}: training worker {rank} of {world} received no rows; "
                            f"use fewer workers (cluster.train_workers) or more data")
@@ -153,7 +175,9 @@ def _loop(job: dict):
             ref_model = PeftModel.from_pretrained(ref_model, job["init_adapter"]).merge_and_unload().eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
+    prof("model loaded")
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    prof("model prepared")
     device = ray.train.torch.get_device()
     params = [p for p in model.parameters() if p.requires_grad]
     if hp.get("optimizer", "adamw") == "sgd":   # linear in the gradient: used to check DDP equivalence
@@ -197,7 +221,12 @@ def _loop(job: dict):
         sums: dict = {}
         n_seen = 0
         opt.zero_grad(set_to_none=True)
-        for bi, idx in enumerate(length_grouped_batches(row_lens, per_worker_bs, rng)):
+        if hp.get("shuffle", True):
+            batches = length_grouped_batches(row_lens, per_worker_bs, rng)
+        else:   # stream order (used to compare step by step with another trainer)
+            batches = [list(range(i, min(i + per_worker_bs, len(rows)))) for i in range(0, len(rows), per_worker_bs)]
+        step_losses, acc_loss = [], 0.0
+        for bi, idx in enumerate(batches):
             batch_rows = [rows[i] for i in idx]
             if objective == "prm":
                 b = prm_collate(batch_rows, pad_id)
@@ -209,6 +238,7 @@ def _loop(job: dict):
             else:
                 loss, m = policy_loss(objective, ddp_model, b, hp, ref_model)
             (loss / accum).backward()
+            acc_loss += loss.item() / accum
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
@@ -219,8 +249,12 @@ def _loop(job: dict):
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
+                step_losses.append(acc_loss)
+                acc_loss = 0.0
         metrics = {k: v / max(1, n_seen) for k, v in sums.items()}
         metrics = _allreduce_mean(metrics, world)
+        if hp.get("log_steps"):
+            metrics["step_losses"] = step_losses
         metrics.update(epoch=epoch + 1, step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_ep)
 
         if val and ((epoch + 1) % int(val["every"]) == 0 or epoch + 1 == epochs):
@@ -232,7 +266,7 @@ def _loop(job: dict):
                 bad_evals = 0
             else:
                 bad_evals += 1
-                stop = bad_evals >= int(val["patience"])
+                stop = bad_evals >= int(val["patience"]) and epoch + 1 >= int(val.get("min_epochs", 0))
         history.append(metrics)
 
         last = epoch + 1 == epochs or stop
@@ -247,6 +281,7 @@ def _loop(job: dict):
         if last:
             break
 
+    prof("training done")
     # Final report: the model folder (best weights when validating) + what happened.
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
@@ -257,6 +292,17 @@ def _loop(job: dict):
             (Path(d) / "fit_result.json").write_text(json.dumps(info))
         ray.train.report({"epoch": len(history), "final": 1},
                          checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+    prof("final reported")
+
+
+def encode(objective: str, rows: list[dict], tok, hp: dict) -> list[dict]:
+    """This worker's text rows -> token rows for its objective."""
+    if objective == "prm":
+        from .prm import prm_encode_rows
+        return prm_encode_rows(rows, tok, int(hp.get("max_len", 512)), bool(hp.get("soft", False)))
+    from .orpo import encode_rows
+    kind = "pairs" if objective in ("orpo", "dpo") else "sft"
+    return encode_rows(rows, tok, kind, int(hp.get("max_len", 512)), int(hp.get("max_prompt_len", 256)))
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, window: int = 16) -> list:

@@ -37,12 +37,63 @@ def make_config(extra=()):
     return C.build(overrides=TEST_OVERRIDES + list(extra))
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_head():
+    """A real Ray head (`ray start --head --block`) on 127.0.0.1 for the whole session: tests connect to
+    it as drivers, `ray job submit` goes to its dashboard, metrics come from its export port. Stopping the
+    blocking `ray start` process stops exactly this cluster (not other Ray instances on the machine)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    ports = {"port": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    # the venv's python first on PATH: `ray job submit -- python ...` runs the job with it
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_DEDUP_LOGS="1", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={ports['port']}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+         f"--metrics-export-port={ports['metrics']}", "--num-cpus=8", "--object-store-memory=1000000000",
+         "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    info = {"address": f"127.0.0.1:{ports['port']}", "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
+            "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "proc": proc}
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(info["dashboard"] + "/api/version", timeout=2)
+            break
+        except Exception:
+            assert proc.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "Ray head did not come up in 120 s"
+            time.sleep(1)
+    yield info
+    import signal
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    current = Path("/tmp/ray/ray_current_cluster")   # `ray start` records the head here; it is gone now
+    if current.exists() and current.read_text().strip().endswith(f":{ports['port']}"):
+        current.unlink()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_head):
     import ray
 
     from sitf_ray.actors import init_ray
-    init_ray(8)
+    os.environ["RAY_ADDRESS"] = ray_head["address"]
+    init_ray()
     yield ray
     ray.shutdown()
 
@@ -76,3 +127,29 @@ def copy_m0(m0_run: Path, dest: Path) -> Path:
     shutil.copytree(m0_run / "iter_00", dest / "iter_00")
     shutil.copy(m0_run / "config.yaml", dest / "config.yaml")
     return dest
+
+
+MINI = ["iterations=2", "baselines=[outcome]", "sampling.n=4", "labeling.k=2", "prm.epochs=1",
+        "train.epochs=1", "pairs.eta=0.05", "cluster.train_workers=2"]
+
+
+def mini_config():
+    from sitf_ray import config as C
+    return C.build(overrides=TEST_OVERRIDES + MINI)
+
+
+@pytest.fixture(scope="session")
+def mini_run(m0_run, tmp_path_factory, ray_session):
+    """A finished miniature run (2 SIPF iterations + the outcome baseline) from the shared M_0."""
+    import time
+
+    from sitf_ray import config as C
+    from sitf_ray.pipeline import run
+    d = tmp_path_factory.mktemp("mini") / "run"
+    copy_m0(m0_run, d)
+    cfg = mini_config()
+    (d / "config.yaml").write_text(C.dump(cfg))
+    t = time.time()
+    res = run(cfg, d, resume=True)
+    print(f"\nminiature loop (2 iterations sipf + outcome): {time.time() - t:.0f} s")
+    return d, res

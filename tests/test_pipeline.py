@@ -15,27 +15,12 @@ import pytest
 from sitf_ray import config as C
 from sitf_ray.artifacts import read_json, read_jsonl
 
-from conftest import ROOT, TEST_OVERRIDES, copy_m0
-
-MINI = ["iterations=2", "baselines=[outcome]", "sampling.n=4", "labeling.k=2", "prm.epochs=1",
-        "train.epochs=1", "pairs.eta=0.05", "cluster.train_workers=2"]
-
-
-def mini_config():
-    return C.build(overrides=TEST_OVERRIDES + MINI)
+from conftest import MINI, ROOT, TEST_OVERRIDES, copy_m0, mini_config
 
 
 @pytest.fixture(scope="module")
-def full_run(m0_run, tmp_path_factory, ray_session):
-    from sitf_ray.pipeline import run
-    d = tmp_path_factory.mktemp("full") / "run"
-    copy_m0(m0_run, d)
-    cfg = mini_config()
-    (d / "config.yaml").write_text(C.dump(cfg))
-    t = time.time()
-    res = run(cfg, d, resume=True)
-    print(f"\nminiature loop (2 iterations sipf + outcome): {time.time() - t:.0f} s")
-    return d, res
+def full_run(mini_run):
+    return mini_run
 
 
 def test_every_artifact_of_the_loop(full_run):

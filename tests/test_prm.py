@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from sitf_ray.prm import PRMModel, aggregate, auc, prm_tokenize_batch, scorer_pool, step_end_tokens
+from sitf_ray.prm import PRMModel, aggregate, auc, prm_encode_rows, scorer_pool, step_end_tokens
 
 
 def toy_paths(n: int, seed: int) -> list[dict]:
@@ -37,9 +37,9 @@ def test_step_end_tokens_point_at_each_steps_newline(m0):
         assert tok.decode(ids[1:p]).endswith(s)
     _, cut = step_end_tokens(tok, prompt, steps, pos[1])   # truncated: later steps are marked -1
     assert cut[-1] == -1 and cut[0] == pos[0]
-    batch = prm_tokenize_batch({"prompt": [prompt], "steps": [steps], "labels": [[1, 0, 0]],
-                                "soft": [[1.0, 0.25, 0.0]]}, str(m0), 256, True)
-    lab = batch["step_labels"][0]
+    enc = prm_encode_rows([{"prompt": prompt, "steps": steps, "labels": [1, 0, 0], "soft": [1.0, 0.25, 0.0]}],
+                          tok, 256, True)
+    lab = enc[0]["step_labels"]
     assert [float(lab[p]) for p in pos] == [1.0, 0.25, 0.0] and (lab != -100).sum() == 3
 
 
@@ -48,10 +48,9 @@ def test_prm_learns_a_separable_labelling_and_scorers_serve_it(m0, tmp_path, ray
 
     from sitf_ray.trainer import FitJob, fit
     train, held = toy_paths(240, 0), toy_paths(60, 1)
-    ds = ray.data.from_items(train).map_batches(prm_tokenize_batch, fn_args=(str(m0), 256, False),
-                                                batch_format="numpy")
+    ds = ray.data.from_items(train)
     job = FitJob(name="prm-toy", storage=str(tmp_path / "rt"), init_model=str(m0), out_dir=str(tmp_path / "prm"),
-                 objective="prm", hp={"lr": 2e-3, "epochs": 4, "batch_size": 32, "warmup_steps": 5},
+                 objective="prm", hp={"lr": 2e-3, "epochs": 4, "batch_size": 32, "warmup_steps": 5, "max_len": 256},
                  seed=0, workers=2, cpus_per_worker=1, threads=1)
     res = fit(job, {"train": ds})
     assert res.history[-1]["loss"] < res.history[0]["loss"]

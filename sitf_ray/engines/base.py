@@ -20,6 +20,7 @@ class GenParams:
     top_p: float = 1.0
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False     # benchmarks: every sequence runs to max_tokens
 
     def __post_init__(self):
         if self.n < 1 or self.max_tokens < 1:

@@ -32,8 +32,10 @@ class HFEngine:
         for i in range(0, len(prompts), self.batch_size):
             batch = prompts[i:i + self.batch_size]
             enc = self.tok(batch, return_tensors="pt", padding=True).to(self.device)
-            kw = dict(max_new_tokens=params.max_tokens, num_return_sequences=params.n, pad_token_id=self.tok.pad_token_id,
-                      eos_token_id=eos)
+            kw = dict(max_new_tokens=params.max_tokens, num_return_sequences=params.n,
+                      pad_token_id=self.tok.pad_token_id, eos_token_id=eos)
+            if params.ignore_eos:
+                kw.update(min_new_tokens=params.max_tokens)
             if params.temperature > 0:
                 kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
             else:

@@ -51,7 +51,7 @@ class VLLMEngine:
         # vLLM refuses n > 1 with greedy decoding; greedy copies are identical, so decode once and repeat.
         copies = params.n if params.temperature == 0 else 1
         sp_kw = dict(n=params.n // copies, temperature=params.temperature, top_p=params.top_p,
-                     max_tokens=params.max_tokens, stop=list(params.stop) or None)
+                     max_tokens=params.max_tokens, stop=list(params.stop) or None, ignore_eos=params.ignore_eos)
         if self.device == "cpu":
             torch.manual_seed(seed)
             sps = SamplingParams(**sp_kw)

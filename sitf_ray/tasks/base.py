@@ -28,6 +28,8 @@ class Task:
     join_steps: Callable[[list[str]], str] = field(default="\n".join)  # steps -> solution text
     stop: list[str] = field(default_factory=list)  # extra stop strings for generation
     is_code: bool = False
+    # Many checks at once (code tasks run their sandboxed programs concurrently): (rows, completions) -> bools
+    is_correct_many: Optional[Callable[[list, list], list]] = None
 
 
 def split_lines(text: str) -> list[str]:

@@ -83,20 +83,15 @@ def is_correct(row: dict, completion: str, *, timeout: float = TIMEOUT) -> bool:
 def is_correct_many(rows: list[dict], completions: list[str], *, workers: int = 4,
                     timeout: float = TIMEOUT) -> list[bool]:
     """is_correct for many (row, completion) pairs, programs run concurrently; input order kept."""
-    from ..sandbox import check_many
+    from ..sandbox import passed_many
     bodies = [extract_answer(c) for c in completions]
-    todo = [i for i, b in enumerate(bodies) if b is not None]
-    res = check_many([(rows[i]["prompt"] + bodies[i] + "\n", rows[i]["test"], rows[i]["entry_point"]) for i in todo],
-                     workers=workers, timeout=timeout)
-    out = [False] * len(rows)
-    for i, r in zip(todo, res):
-        out[i] = r.status == "passed"
-    return out
+    return passed_many([None if b is None else (r["prompt"] + b + "\n", r["test"], r["entry_point"])
+                        for r, b in zip(rows, bodies)], workers=workers, timeout=timeout)
 
 
 TASK = Task(name="humaneval", load=load, prompt=prompt, target=target, split_steps=split_steps,
             extract_answer=extract_answer, is_correct=is_correct, join_steps="\n".join, stop=STOP,
-            is_code=True)
+            is_code=True, is_correct_many=is_correct_many)
 
 __all__ = ["TASK", "load", "prompt", "target", "split_steps", "extract_answer", "is_correct", "program",
            "is_correct_many"]

@@ -144,19 +144,15 @@ def is_correct(row: dict, completion: str, *, timeout: float = TIMEOUT) -> bool:
 def is_correct_many(rows: list[dict], completions: list[str], *, workers: int = 4,
                     timeout: float = TIMEOUT) -> list[bool]:
     """is_correct for many (row, completion) pairs, programs run concurrently; input order kept."""
-    from ..sandbox import check_many
+    from ..sandbox import passed_many
     codes = [extract_answer(c) for c in completions]
-    todo = [i for i, c in enumerate(codes) if c is not None]
-    res = check_many([(codes[i], tests_text(rows[i])) for i in todo], workers=workers, timeout=timeout)
-    out = [False] * len(rows)
-    for i, r in zip(todo, res):
-        out[i] = r.status == "passed"
-    return out
+    return passed_many([None if c is None else (c, tests_text(r)) for r, c in zip(rows, codes)],
+                       workers=workers, timeout=timeout)
 
 
 TASK = Task(name="mbpp", load=load, prompt=prompt, target=target, split_steps=split_steps,
             extract_answer=extract_answer, is_correct=is_correct, join_steps="\n".join, stop=STOP,
-            is_code=True)
+            is_code=True, is_correct_many=is_correct_many)
 
 __all__ = ["TASK", "load", "prompt", "target", "split_steps", "extract_answer", "is_correct", "tests_text",
            "normalize_code", "is_correct_many"]

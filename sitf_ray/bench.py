@@ -1,0 +1,471 @@
+"""Benchmarks (DESIGN.md §6): ratios measured side by side in one run, written to JSON.
+
+    sitf-ray bench engines     vLLM vs HF generate: raw decode and the Monte-Carlo rollout workload
+    sitf-ray bench actors      GeneratorPool of R replicas vs one in-process engine
+    sitf-ray bench weightsync  seconds to push a new policy to every replica: full state vs LoRA adapter
+    sitf-ray bench labeling    binary search vs per-step MC: rollouts, seconds, agreement, F1 vs oracle
+    sitf-ray bench orpo        our Ray Train ORPO vs TRL's ORPOTrainer: loss curves and throughput
+    sitf-ray bench pipeline    stage times per iteration of a run directory
+
+Each engine measurement runs in its own subprocess (same environment, same threads) so that neither
+engine inherits the other's state; the numbers are for this machine, printed and saved with its facts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from .artifacts import read_json, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    import torch
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _kv(overrides: list[str]) -> dict:
+    out = {}
+    for o in overrides or []:
+        k, _, v = o.partition("=")
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def tiny_model(cache: Path = ROOT / ".cache" / "bench") -> Path:
+    """A tiny arith Llama trained briefly (in-process, plain torch): task-like text, fp32."""
+    out = cache / "tiny-policy"
+    if (out / "config.json").exists():
+        return out
+    import torch
+
+    from . import config as C
+    from .models import build_tiny, save_model
+    from .orpo import collate, encode_example, sft_loss
+    from .tasks import get_task
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    cfg = C.build()
+    init = build_tiny(cfg, cache / "tiny-init", seed=0)
+    tok, model = AutoTokenizer.from_pretrained(init), AutoModelForCausalLM.from_pretrained(init)
+    task = get_task("arith")
+    rows = [encode_example(tok, task.prompt(r), task.target(r), 256, 200) for r in task.load("sft", cfg.task)]
+    rows = [{"input_ids": a, "labels": b} for a, b in rows]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for epoch in range(3):
+        for i in range(0, len(rows), 64):
+            loss, _ = sft_loss(model, collate(rows[i:i + 64], tok.pad_token_id))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    return save_model(model, tok, out)
+
+
+def smollm_model() -> Optional[Path]:
+    try:
+        from .models import smollm2_folder
+        return smollm2_folder(ROOT / ".cache" / "models")
+    except Exception as e:   # the smollm extra is optional
+        print(f"[bench] SmolLM2 unavailable: {e}")
+        return None
+
+
+def workload(model: Path, kind: str, n_prompts: int) -> list[str]:
+    """Prompts of the model's task: arith for the tiny model, GSM8K for SmolLM2. Rollouts use long
+    shared prefixes (question + the first steps of its gold solution), as the MC labeler does."""
+    from . import config as C
+    from .tasks import get_task
+    if "tiny" in model.name:
+        task, cfg = get_task("arith"), C.build().task
+        rows = task.load("test", cfg)
+    else:
+        task, cfg = get_task("gsm8k"), C.build(overrides=["task.name=gsm8k"]).task
+        rows = task.load("test", cfg)
+    rows = rows[:n_prompts]
+    if kind == "raw":
+        return [task.prompt(r) for r in rows]
+    out = []
+    for r in rows:
+        steps = task.split_steps(task.target(r) or "")
+        out.append(task.prompt(r) + "\n".join(steps[:max(1, len(steps) - 1)]) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- engines
+
+def _measure_engine(spec: dict) -> dict:
+    """Runs in a subprocess: build one engine, warm it up, time generate() (median of repeats)."""
+    from .engines.base import EngineSpec, GenParams, make_engine
+    es = EngineSpec(**spec["engine"])
+    t0 = time.time()
+    eng = make_engine(es)
+    build_s = time.time() - t0
+    prompts = spec["prompts"]
+    p = GenParams(**spec["params"])
+    kw = {}
+    eng.generate(prompts[:4], p, seed=0)                       # warm-up
+    times, toks = [], 0
+    for r in range(spec.get("repeats", 3)):
+        t = time.time()
+        out = eng.generate(prompts, p, seed=r)
+        times.append(time.time() - t)
+        toks = sum(c.n_tokens for o in out for c in o)
+    s = statistics.median(times)
+    return {"seconds": s, "tokens": toks, "tokens_per_s": toks / s, "build_seconds": build_s, **kw}
+
+
+def run_engine_subprocess(spec: dict, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_LOGGING_LEVEL="ERROR", TOKENIZERS_PARALLELISM="false")
+    p = subprocess.run([sys.executable, "-m", "sitf_ray.bench", "_engine", json.dumps(spec)], env=env,
+                       capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode or not lines:
+        raise RuntimeError(f"engine benchmark failed: {p.stderr[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def bench_engines(opts: dict) -> dict:
+    threads = int(opts.get("threads", os.cpu_count() or 1))
+    cases = []
+    models = [(tiny_model(), "float32")]
+    if opts.get("smollm", "1") == "1" and (sm := smollm_model()) is not None:
+        models.append((sm, "bfloat16"))
+    for model, dtype in models:
+        tiny = "tiny" in model.name
+        raw_tokens = 96 if tiny else 128
+        for name, prompts, params in (
+                ("raw_decode", workload(model, "raw", 64),
+                 {"n": 1, "temperature": 0.0, "max_tokens": raw_tokens, "ignore_eos": True}),
+                ("mc_rollouts", workload(model, "rollout", 32 if tiny else 16),
+                 {"n": 8, "temperature": 1.0, "max_tokens": 48 if tiny else 96})):
+            row = {"model": model.name, "dtype": dtype, "workload": name, "prompts": len(prompts), **params}
+            for kind in ("vllm", "hf"):
+                spec = {"engine": {"model": str(model), "kind": kind, "dtype": dtype, "threads": threads,
+                                   "max_model_len": 256 if tiny else 1024, "kv_cache_bytes": 512 << 20,
+                                   "device": "cpu"},
+                        "prompts": prompts, "params": params, "repeats": int(opts.get("repeats", 3))}
+                row[kind] = run_engine_subprocess(spec, threads)
+                print(f"[bench engines] {model.name} {name} {kind}: {row[kind]['tokens_per_s']:.0f} tok/s", flush=True)
+            row["ratio_vllm_over_hf"] = row["vllm"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
+            cases.append(row)
+    return {"benchmark": "engines", "threads": threads, "cases": cases,
+            "targets": {"raw_decode": ">= 3x", "mc_rollouts": ">= 5x"}}
+
+
+# -------------------------------------------------------------------------------------------- actors
+
+def bench_actors(opts: dict) -> dict:
+    """Same sampling workload: one in-process engine vs pools of 1 and R replicas (1 thread each)."""
+    from .actors import GeneratorPool, init_ray
+    from .engines.base import EngineSpec, GenParams
+    model = tiny_model()
+    prompts = workload(model, "raw", 256)
+    params = {"n": 4, "temperature": 1.0, "max_tokens": 64}
+    engine = {"model": str(model), "kind": "vllm", "dtype": "float32", "threads": 1, "max_model_len": 256,
+              "device": "cpu"}
+    inproc = run_engine_subprocess({"engine": engine, "prompts": prompts, "params": params, "repeats": 3}, 1)
+    init_ray(8)
+    rows = {"in_process_1_thread": inproc}
+    for r in (1, int(opts.get("replicas", 2))):
+        pool = GeneratorPool(EngineSpec(**engine), replicas=r, cpus=1, chunk_size=64)
+        try:
+            pool.generate(prompts[:8], GenParams(**params), seed=0)
+            times, toks = [], 0
+            for rep in range(3):
+                t = time.time()
+                out = pool.generate(prompts, GenParams(**params), seed=rep)
+                times.append(time.time() - t)
+                toks = sum(c.n_tokens for o in out for c in o)
+            s = statistics.median(times)
+            rows[f"pool_{r}_replicas"] = {"seconds": s, "tokens": toks, "tokens_per_s": toks / s,
+                                          "start_seconds": pool.start_seconds}
+        finally:
+            pool.shutdown()
+        print(f"[bench actors] pool of {r}: {rows[f'pool_{r}_replicas']['tokens_per_s']:.0f} tok/s", flush=True)
+    r = int(opts.get("replicas", 2))
+    one, many = rows["pool_1_replicas"]["tokens_per_s"], rows[f"pool_{r}_replicas"]["tokens_per_s"]
+    return {"benchmark": "actors", "cpus": os.cpu_count(), "workload": {"prompts": len(prompts), **params},
+            "results": rows, "overhead_pool1_vs_in_process": 1 - one / inproc["tokens_per_s"],
+            "scaling": many / one, "replicas": r,
+            "targets": {"overhead": "<= 10 %", "scaling": f">= {0.8 * r:.1f} where cores allow"}}
+
+
+# ---------------------------------------------------------------------------------------- weightsync
+
+def bench_weightsync(opts: dict) -> dict:
+    """Push a new policy to every replica and serve one prompt with it: full state vs LoRA adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .actors import GeneratorPool, init_ray
+    from .engines.base import EngineSpec, GenParams
+    from .trainer import POLICY_META
+    from .weights import push_policy
+    init_ray(8)
+    out = {"benchmark": "weightsync", "cases": []}
+    models = [(tiny_model(), "float32", 256)]
+    if opts.get("smollm", "1") == "1" and (sm := smollm_model()) is not None:
+        models.append((sm, "bfloat16", 512))
+    work = ROOT / ".cache" / "bench" / "weightsync"
+    for model, dtype, max_len in models:
+        tok = AutoTokenizer.from_pretrained(model)
+        base = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+        full = work / f"{model.name}-full"
+        with torch.no_grad():
+            for p in base.parameters():
+                p.mul_(1.001)
+        base.save_pretrained(full)
+        tok.save_pretrained(full)
+        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
+                              LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
+        ad = work / f"{model.name}-adapter"
+        peft.save_pretrained(ad)
+        tok.save_pretrained(ad)
+        (ad / POLICY_META).write_text(json.dumps({"kind": "adapter", "base": str(model)}))
+        replicas = int(opts.get("replicas", 2))
+        pool = GeneratorPool(EngineSpec(model=str(model), kind="vllm", dtype=dtype, max_model_len=max_len,
+                                        lora_rank=16, kv_cache_bytes=128 << 20), replicas=replicas, cpus=1)
+        row = {"model": model.name, "replicas": replicas}
+        try:
+            one = GenParams(n=1, temperature=0.0, max_tokens=1)
+            for kind, folder in (("full", full), ("adapter", ad)):
+                push_s, serve_s, size = [], [], 0
+                for rep in range(3):
+                    t = time.time()
+                    r = push_policy(pool, folder, pool.version + 1)
+                    push_s.append(time.time() - t)
+                    pool.generate(["Hello"] * replicas, one, seed=0)     # the adapter loads lazily: count it
+                    serve_s.append(time.time() - t)
+                    size = r.bytes
+                row[kind] = {"push_seconds": statistics.median(push_s), "push_and_first_token_seconds":
+                             statistics.median(serve_s), "bytes": size}
+                print(f"[bench weightsync] {model.name} {kind}: {row[kind]['push_seconds']:.3f} s", flush=True)
+        finally:
+            pool.shutdown()
+        row["adapter_speedup"] = row["full"]["push_and_first_token_seconds"] / row["adapter"]["push_and_first_token_seconds"]
+        out["cases"].append(row)
+    out["targets"] = {"full_135m_seconds": "<= 1", "adapter_speedup": ">= 10x"}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- labeling
+
+def bench_labeling(opts: dict) -> dict:
+    """Per-step MC vs binary search on one set of sampled arith paths, both against the exact oracle."""
+    from . import config as C
+    from .actors import GeneratorPool, init_ray
+    from .labeling import agreement, label_samples, versus_oracle
+    from .pipeline import build_m0, engine_spec, prepare, shutdown
+    from .sampling import sample_paths
+    from .tasks import get_task
+    init_ray(8)
+    overrides = [o for o in opts.get("_overrides", []) if not o.startswith(("k=", "questions=", "run="))]
+    cfg = C.build(overrides=overrides)
+    run_dir = Path(opts.get("run", ROOT / ".cache" / "bench" / "labeling-m0"))
+    ctx = prepare(cfg, run_dir, resume=(run_dir / "config.yaml").exists())
+    try:
+        build_m0(ctx)
+    finally:
+        shutdown(ctx)
+    task = get_task("arith")
+    rows = ctx.splits["train"][:int(opts.get("questions", 300))]
+    by_id = {r["id"]: r for r in rows}
+    pool = GeneratorPool(engine_spec(cfg, str(ctx.m0)), cfg.cluster.generator_replicas, 1, 0, "PACK", 256)
+    res = {"benchmark": "labeling", "questions": len(rows), "cases": []}
+    try:
+        samples, st = sample_paths(pool, task, rows, cfg.sampling.n, 1.0, 1.0, cfg.sampling.max_tokens, seed=0)
+        res["samples"] = st
+        for k in [int(x) for x in str(opts.get("k", "4,8")).split(",")]:
+            row = {"k": k}
+            for mode in ("mc", "binary"):
+                labels, ls = label_samples(samples, by_id, task, mode, pool, k=k, temperature=1.0,
+                                           max_tokens=cfg.labeling.max_tokens, seed=1)
+                row[mode] = {"rollouts": ls.rollouts, "seconds": ls.seconds, "vs_oracle": versus_oracle(labels),
+                             "labels": labels}
+            row["rollout_ratio_mc_over_binary"] = row["mc"]["rollouts"] / max(1, row["binary"]["rollouts"])
+            row["agreement"] = agreement(row["mc"].pop("labels"), row["binary"].pop("labels"))
+            print(f"[bench labeling] K={k}: rollouts mc {row['mc']['rollouts']} / binary {row['binary']['rollouts']}"
+                  f" = {row['rollout_ratio_mc_over_binary']:.2f}x, agreement {row['agreement']:.3f}", flush=True)
+            res["cases"].append(row)
+    finally:
+        pool.shutdown()
+    res["targets"] = {"rollout_ratio": ">= 2x", "agreement": ">= 0.95"}
+    return res
+
+
+# ----------------------------------------------------------------------------------------------- ORPO
+
+def bench_orpo(opts: dict) -> dict:
+    """Same model, same pairs in the same order, same optimizer and steps: per-step loss and speed."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    import ray.data
+
+    from .actors import init_ray
+    from .tasks import get_task
+    from .trainer import FitJob, fit
+    from . import config as C
+    init_ray(8)
+    model = tiny_model()
+    task, cfg = get_task("arith"), C.build()
+    rows = task.load("train", cfg.task)[:int(opts.get("pairs", 256))]
+    pairs = []
+    for r in rows:   # chosen = gold, rejected = gold with the last result off by one
+        gold = task.target(r)
+        wrong = gold.rsplit(" ", 1)[0] + f" {int(r['answer']) + 1}"
+        pairs.append({"prompt": task.prompt(r), "chosen": gold, "rejected": wrong})
+    bs, steps, lr, beta = 16, len(pairs) // 16, 1e-4, 0.1
+    work = ROOT / ".cache" / "bench" / "orpo"
+    tok = AutoTokenizer.from_pretrained(model)
+    torch.manual_seed(0)
+    trl_model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    args = ORPOConfig(output_dir=str(work / "trl"), beta=beta, max_length=256, learning_rate=lr,
+                      per_device_train_batch_size=bs, num_train_epochs=1, lr_scheduler_type="constant",
+                      warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
+                      use_cpu=True, bf16=False, report_to=[], remove_unused_columns=False,
+                      dataloader_num_workers=0, train_sampling_strategy="sequential", disable_dropout=True)
+    torch.set_num_threads(1)
+    trainer = ORPOTrainer(model=trl_model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tok)
+    t = time.time()
+    trainer.train()
+    trl_s = time.time() - t
+    trl_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    hp = {"lr": lr, "epochs": 1, "batch_size": bs, "warmup_steps": 0, "beta": beta, "min_lr_ratio": 1.0,
+          "max_grad_norm": 1.0, "nll_on_prompt": True, "shuffle": False, "log_steps": True, "max_len": 256,
+          "max_prompt_len": 256}
+    job = FitJob(name=f"bench-orpo-{int(time.time())}", storage=str(work / "rt"), init_model=str(model),
+                 out_dir=str(work / "ours"), objective="orpo", hp=hp, seed=0, workers=1, threads=1)
+    t = time.time()
+    res = fit(job, {"train": ray.data.from_items(pairs)})
+    ours_total = time.time() - t
+    ours_losses = res.history[0]["step_losses"]
+    ours_train = res.history[0]["seconds"]
+    n = min(len(ours_losses), len(trl_losses))
+    diff = max(abs(a - b) for a, b in zip(ours_losses[:n], trl_losses[:n]))
+    print(f"[bench orpo] {n} steps: max |loss ours - TRL| = {diff:.2e}; train seconds ours {ours_train:.1f} "
+          f"(with Ray Train start-up {ours_total:.1f}) vs TRL {trl_s:.1f}", flush=True)
+    return {"benchmark": "orpo", "model": model.name, "pairs": len(pairs), "batch_size": bs, "steps": n,
+            "threads_per_trainer": 1, "max_abs_loss_diff": diff, "loss_ours": ours_losses[:n],
+            "loss_trl": trl_losses[:n], "seconds_ours_train_loop": ours_train,
+            "seconds_ours_with_ray_train_startup": ours_total, "seconds_trl": trl_s,
+            "throughput_ratio_train_loop": trl_s / ours_train, "throughput_ratio_with_startup": trl_s / ours_total,
+            "targets": {"max_abs_loss_diff": "<= 1e-5", "throughput_ratio": ">= 1.0"}}
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+
+def bench_pipeline(opts: dict) -> dict:
+    d = Path(opts.get("run", "runs/quickstart"))
+    t = read_json(d / "timings.json")
+    per_stage: dict = {}
+    for it, stages in t["stages"].items():
+        for s, sec in stages.items():
+            if sec is not None:
+                per_stage.setdefault(s, []).append(sec)
+    return {"benchmark": "pipeline", "run": str(d), "total_seconds": t["total_seconds"], "iterations": t["stages"],
+            "stage_totals": {s: sum(v) for s, v in per_stage.items()},
+            "note": "stages run one after another on purpose: on a 2-core machine generation beside training "
+                    "runs ~5x slower, so nothing overlaps; on a cluster the roles sit on separate nodes"}
+
+
+BENCHES = {"engines": bench_engines, "actors": bench_actors, "weightsync": bench_weightsync,
+           "labeling": bench_labeling, "orpo": bench_orpo, "pipeline": bench_pipeline}
+
+
+def run_bench(name: str, out: Optional[str], overrides: list[str]) -> int:
+    opts = _kv(overrides) | {"_overrides": overrides}
+    res = BENCHES[name](opts)
+    res["machine"] = machine()
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    write_json(path, res)
+    print(f"wrote {path}")
+    return 0
+
+
+def best_of_n(run_dir: Path, n: int = 8, questions: int = 200) -> dict:
+    """On the test split: N samples from the policy that the last PRM scored, then pick one by PRM reward,
+    by majority vote over final answers, or at random (expected accuracy); pass@N is the ceiling."""
+    from collections import Counter
+
+    from . import config as C
+    from .actors import GeneratorPool, init_ray
+    from .pipeline import engine_spec
+    from .prm import PRMModel, aggregate
+    from .sampling import sample_paths
+    from .tasks import get_task
+    cfg = C.load(run_dir / "config.yaml")
+    prms = sorted(run_dir.glob("iter_*/prm/config.json"))
+    if not prms:
+        raise FileNotFoundError(f"{run_dir}: no trained PRM (iter_*/prm) to rerank with")
+    it = prms[-1].parent.parent
+    k = int(it.name.split("_")[1])
+    policy = run_dir / f"iter_{k - 1:02d}" / "policy"
+    task = get_task(cfg.task.name)
+    rows = task.load("test", cfg.task)[:questions]
+    init_ray(8)
+    pool = GeneratorPool(engine_spec(cfg, str(policy)), cfg.cluster.generator_replicas, 1, 0, "PACK", 256)
+    try:
+        from .weights import push_policy
+        push_policy(pool, policy, 1)
+        samples, _ = sample_paths(pool, task, rows, n, 1.0, 1.0, cfg.sampling.max_tokens, seed=123, dedupe=False)
+    finally:
+        pool.shutdown()
+    prm = PRMModel(str(it / "prm"), max_len=cfg.prm.max_len)
+    by_q: dict = {}
+    scores = prm.score([{"prompt": task.prompt(next(r for r in rows if r["id"] == s["qid"])), "steps": s["steps"]}
+                        for s in samples])
+    for s, sc in zip(samples, scores):
+        by_q.setdefault(s["qid"], []).append((aggregate(sc, cfg.prm.aggregate), s))
+    acc = {"prm_rerank": 0, "majority_vote": 0, "random_pick": 0.0, "pass_at_n": 0}
+    for q, cands in by_q.items():
+        acc["prm_rerank"] += int(max(cands, key=lambda c: c[0])[1]["correct"])
+        votes = Counter(c[1]["answer"] for c in cands if c[1]["answer"] is not None)
+        if votes:
+            top = votes.most_common(1)[0][0]
+            acc["majority_vote"] += int(next(c[1]["correct"] for c in cands if c[1]["answer"] == top))
+        acc["random_pick"] += sum(c[1]["correct"] for c in cands) / len(cands)
+        acc["pass_at_n"] += int(any(c[1]["correct"] for c in cands))
+    return {"n": n, "questions": len(by_q), "prm": str(it / "prm"), "policy": str(policy),
+            **{k2: v / len(by_q) for k2, v in acc.items()}}
+
+
+def eval_prm(run_dir: str, out: Optional[str]) -> int:
+    """Label and PRM quality of a finished run, per iteration, and PRM best-of-N on the test split."""
+    from .artifacts import Ledger
+    d = Path(run_dir)
+    rows = []
+    for it in sorted(d.glob("iter_*/stages.json")):
+        led = Ledger(it.parent)
+        lab, sc = led.get("label"), led.get("score")
+        if lab:
+            rows.append({"iteration": it.parent.name, "label_vs_oracle": lab.get("vs_oracle"),
+                         "rollouts": lab.get("rollouts"), "label_seconds": lab.get("seconds"),
+                         "prm_holdout_auc_vs_mc": sc.get("holdout_auc_vs_mc"),
+                         "prm_holdout_auc_vs_oracle": sc.get("holdout_auc_vs_oracle")})
+    res = {"run": str(d), "iterations": rows, "best_of_n": best_of_n(d)}
+    print(json.dumps(res, indent=2))
+    write_json(out or d / "eval_prm.json", res)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "_engine":
+        print("RESULT " + json.dumps(_measure_engine(json.loads(sys.argv[2]))), flush=True)
