@@ -63,6 +63,14 @@ class Generator:
     def load_adapter(self, files: dict, version: int) -> str:
         return self.engine.load_adapter(files, version)
 
+    # CUDA-only NCCL weight sync (weights_nccl.py): the driver calls these, never ReplicaPool.broadcast,
+    # whose replay-on-restart would leave a restarted replica waiting for a broadcast that never comes.
+    def init_nccl_receiver(self, init_info: dict) -> None:
+        self.engine.init_nccl_receiver(init_info)
+
+    def receive_nccl(self, meta: dict, version: int, digest: str = "") -> str:
+        return self.engine.receive_nccl(meta, version, digest)
+
     def info(self) -> dict:
         return {"replica": self.replica, "version": self.engine.version, "digest": self.engine.digest,
                 "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),

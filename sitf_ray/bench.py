@@ -275,8 +275,9 @@ def bench_labeling(opts: dict) -> dict:
     from .tasks import get_task
     init_ray(8)
     overrides = [o for o in opts.get("_overrides", []) if not o.startswith(("k=", "questions=", "run="))]
-    cfg = C.build(overrides=overrides)
     run_dir = Path(opts.get("run", ROOT / ".cache" / "bench" / "labeling-m0"))
+    # an existing run (e.g. runs/quickstart) lends its M_0 and its own config; else build one
+    cfg = C.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else C.build(overrides=overrides)
     ctx = prepare(cfg, run_dir, resume=(run_dir / "config.yaml").exists())
     try:
         build_m0(ctx)
@@ -332,7 +333,7 @@ def bench_orpo(opts: dict) -> dict:
         gold = task.target(r)
         wrong = gold.rsplit(" ", 1)[0] + f" {int(r['answer']) + 1}"
         pairs.append({"prompt": task.prompt(r), "chosen": gold, "rejected": wrong})
-    bs, steps, lr, beta = 16, len(pairs) // 16, 1e-4, 0.1
+    bs, lr, beta = 16, 1e-4, 0.1
     work = ROOT / ".cache" / "bench" / "orpo"
     tok = AutoTokenizer.from_pretrained(model)
     torch.manual_seed(0)

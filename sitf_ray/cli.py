@@ -84,9 +84,12 @@ def cmd_eval(a) -> int:
 
 def cmd_report(a) -> int:
     from .artifacts import read_json
-    from .report import table, write_report
-    out = write_report(a.dir)
-    print(table(read_json(Path(a.dir) / "results.json")))
+    from .report import seeds_table, table, write_report
+    if len(a.dir) > 1:   # several seeds of one config: mean +- sd
+        print(seeds_table([read_json(Path(d) / "results.json") for d in a.dir]))
+        return 0
+    out = write_report(a.dir[0])
+    print(table(read_json(Path(a.dir[0]) / "results.json")))
     print(f"\nwrote {out}")
     return 0
 
@@ -155,8 +158,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="test", choices=["test", "val", "train"])
     r.set_defaults(fn=cmd_eval)
 
-    r = sub.add_parser("report", help="rebuild report.md and plots of a run")
-    r.add_argument("dir")
+    r = sub.add_parser("report", help="rebuild report.md and plots of a run; several runs: mean +- sd over seeds")
+    r.add_argument("dir", nargs="+")
     r.set_defaults(fn=cmd_report)
 
     r = sub.add_parser("compare", help="run several methods from one M_0 and tabulate them")

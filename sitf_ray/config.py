@@ -56,8 +56,8 @@ class ArithConfig(_Base):
     min_ops: int = Field(2, ge=1)
     max_ops: int = Field(5, ge=1)
     max_value: int = Field(60, ge=10)
-    n_sft: int = Field(1500, ge=1)
-    n_train: int = Field(1000, ge=1)
+    n_sft: int = Field(1000, ge=1)
+    n_train: int = Field(600, ge=1)
     n_val: int = Field(200, ge=1)
     n_test: int = Field(400, ge=1)
 
@@ -81,15 +81,15 @@ class TaskConfig(_Base):
 
 class SFTConfig(_Base):
     """Supervised fine-tuning of M_0 on gold solutions, run to convergence."""
-    max_epochs: int = Field(30, ge=1)
+    max_epochs: int = Field(50, ge=1)
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     batch_size: int = Field(64, ge=1)
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     eval_every: int = Field(2, ge=1)          # epochs between validation-accuracy checks
-    patience: int = Field(4, ge=1)            # evals without improvement before stopping (converged)
-    min_epochs: int = Field(16, ge=0)         # never stop before this: early accuracy is noise, not a plateau
+    patience: int = Field(5, ge=1)            # evals without improvement before stopping (converged)
+    min_epochs: int = Field(30, ge=0)         # never stop before this: early accuracy is noise, not a plateau
     min_delta: float = Field(0.005, ge=0)
 
 
@@ -97,25 +97,25 @@ class SamplingConfig(_Base):
     n: int = Field(8, ge=1)                   # paths per question
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(96, ge=1)
+    max_tokens: int = Field(64, ge=1)
     dedupe: bool = True
     require_valid_equations: bool = False     # drop math paths with a false equation (paper's filter)
 
 
 class LabelingConfig(_Base):
-    mode: Literal["mc", "binary", "oracle"] = "mc"
-    k: int = Field(8, ge=1)                   # simulator completions per step prefix
+    mode: Literal["mc", "binary", "oracle"] = "binary"
+    k: int = Field(4, ge=1)                   # simulator completions per step prefix (paper: 8)
     delta: int = Field(0, ge=0)               # hard label: correct if #hits > delta
     soft: bool = False                        # soft label = fraction of hits
     simulator: str = "policy"                 # 'policy' (M_k itself) or a model folder
     temperature: float = Field(1.0, ge=0)
-    max_tokens: int = Field(96, ge=1)
+    max_tokens: int = Field(64, ge=1)
     skip_correct_paths: bool = True           # a right final answer proves every prefix
 
 
 class PRMConfig(_Base):
     base: str = "policy"                      # 'policy' (start from M_k) or a model folder / 'smollm2'
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     holdout: float = Field(0.08, ge=0, lt=1)
@@ -126,10 +126,10 @@ class PRMConfig(_Base):
 
 
 class PairsConfig(_Base):
-    eta: float = Field(0.3, ge=0)             # minimum reward gap chosen - rejected
+    eta: float = Field(0.05, ge=0)            # minimum reward gap chosen - rejected (paper: 0.3 with a 7B PRM)
     strategy: Literal["all", "max_gap", "top_m"] = "top_m"
     max_per_question: int = Field(4, ge=1)
-    require_correct_chosen: bool = False
+    require_correct_chosen: bool = True       # never imitate (NLL) a path with a wrong final answer
     accumulate: bool = True                   # D_{k+1} = D_k U new (paper); False = new pairs only
     num_shards: int = Field(2, ge=1)
 
@@ -138,7 +138,7 @@ class TrainConfig(_Base):
     """ORPO (and DPO / SFT baselines) on preference pairs."""
     loss: Literal["orpo", "dpo", "sft"] = "orpo"
     beta: float = Field(0.1, gt=0)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -153,7 +153,7 @@ class TrainConfig(_Base):
 
 class EvalConfig(_Base):
     split: str = "test"
-    max_tokens: int = Field(96, ge=1)
+    max_tokens: int = Field(64, ge=1)
     n: Optional[int] = Field(None, ge=1)      # limit rows (None = all of the split)
 
 
@@ -167,8 +167,11 @@ class ClusterConfig(_Base):
     engine: Literal["vllm", "hf"] = "vllm"
     kv_cache_bytes: int = Field(64 << 20, ge=1 << 20)
     chunk_size: int = Field(256, ge=1)        # prompts per request sent to one replica
+    # Full-weight broadcast: through Ray's object store, or vLLM's NCCL weight transfer (CUDA generators,
+    # weights_nccl.py; not yet run on a GPU). LoRA adapters always go through the object store.
+    weight_sync: Literal["object_store", "nccl"] = "object_store"
     max_num_seqs: int = Field(256, ge=1)
-    scorer_replicas: int = Field(1, ge=1)
+    scorer_replicas: int = Field(2, ge=1)
     scorer_cpus: float = Field(1, gt=0)
     train_workers: int = Field(2, ge=1)
     train_cpus: float = Field(1, gt=0)
@@ -177,6 +180,12 @@ class ClusterConfig(_Base):
     # Local Ray only. Stages take turns on one machine (generators idle while trainers run), so logical
     # CPUs are deliberately more than cores; threads per role above decide the real core use.
     num_cpus: Optional[int] = Field(None, ge=1)   # None = max(8, 2 x cores)
+
+    @model_validator(mode="after")
+    def _nccl(self):
+        if self.weight_sync == "nccl" and (self.generator_gpus <= 0 or self.engine != "vllm"):
+            raise ValueError("weight_sync=nccl needs vLLM generators on GPUs (cluster.generator_gpus > 0)")
+        return self
 
 
 class SIPFConfig(_Base):

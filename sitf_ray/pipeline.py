@@ -14,7 +14,6 @@ same files as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
 import time
@@ -72,7 +71,7 @@ def load_splits(cfg: C.SIPFConfig, task: Task) -> dict:
 
 
 def prepare(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> Context:
-    root = Path(out)
+    root = Path(out).resolve()   # absolute: Ray workers and actors run in other working directories
     saved = root / "config.yaml"
     if resume:
         if not saved.exists():
@@ -97,7 +96,8 @@ def engine_spec(cfg: C.SIPFConfig, model_dir: str):
     return EngineSpec(model=str(base), kind=cfg.cluster.engine, dtype=cfg.model.dtype, max_model_len=max_len,
                       kv_cache_bytes=cfg.cluster.kv_cache_bytes, max_num_seqs=cfg.cluster.max_num_seqs,
                       seed=cfg.seed, threads=cfg.cluster.generator_threads,
-                      lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else 0)
+                      lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else 0,
+                      extra={"weight_sync": "nccl"} if cfg.cluster.weight_sync == "nccl" else {})
 
 
 def ensure_pool(ctx: Context):
@@ -117,9 +117,14 @@ def load_policy(ctx: Context, folder: Path):
     ensure_pool(ctx)
     if ctx.loaded == str(folder):
         return
+    from .trainer import read_policy_meta
     from .weights import push_policy
     ctx.version += 1
-    rep = push_policy(ctx.pool, folder, ctx.version)
+    if ctx.cfg.cluster.weight_sync == "nccl" and read_policy_meta(folder)["kind"] != "adapter":
+        from .weights_nccl import push_policy_nccl
+        rep = push_policy_nccl(ctx.pool, folder, ctx.version)
+    else:
+        rep = push_policy(ctx.pool, folder, ctx.version)
     ctx.loaded = str(folder)
     ctx.sync_log.append(asdict(rep))
     ctx.metrics.sync(rep)
@@ -465,9 +470,7 @@ def stage_sft_more(ctx: Context, it: Path, led: Ledger, k: int, prev: Path, step
         led.mark("train", ["policy"], seconds=time.time() - t0, steps=0, matched_steps=0)
         return led.get("train")
     rows = sft_rows(ctx)
-    per_epoch = max(1, math.ceil(len(rows) / tc.batch_size))
-    epochs = max(1, round(steps / per_epoch))
-    hp = {"lr": tc.lr, "epochs": epochs, "batch_size": tc.batch_size, "warmup_steps": tc.warmup_steps,
+    hp = {"lr": tc.lr, "epochs": 1, "max_steps": steps, "batch_size": tc.batch_size, "warmup_steps": tc.warmup_steps,
           "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm, "min_lr_ratio": 0.1}
     res = fit_policy(ctx, f"policy-sft-{k}-{cfg.seed}", prev, it / "policy", "sft", hp, rows)
     write_json(it / "train.json", {"objective": "sft", "steps": res.steps, "epochs": res.epochs,

@@ -32,6 +32,27 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(results: list[dict]) -> str:
+    """Mean +- sd over several runs (seeds) of the same config: final accuracy and gain over M_0."""
+    import statistics
+    by_method: dict = {}
+    for res in results:
+        for m, its in method_rows(res):
+            by_method.setdefault(m, []).append(its)
+    lines = [f"{'method':<34} {'final acc %':>14} {'gain vs M_0':>14} {'per seed (final)':>28}", "-" * 94]
+    for m, runs in by_method.items():
+        finals = [100 * its[-1]["accuracy"] for its in runs]
+        gains = [100 * (its[-1]["accuracy"] - its[0]["accuracy"]) for its in runs]
+        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+        lines.append(f"{LABELS.get(m, m):<34} {statistics.mean(finals):8.1f} ± {sd(finals):3.1f} "
+                     f"{statistics.mean(gains):+8.1f} ± {sd(gains):3.1f} "
+                     f"{', '.join(f'{x:.1f}' for x in finals):>28}")
+    m0 = [100 * runs[0][0]["accuracy"] for runs in [by_method[results[0]["method"]]]][0]
+    lines.append(f"(M_0 {m0:.1f} % on seed {results[0]['seed']}; {len(results)} seeds: "
+                 f"{', '.join(str(r['seed']) for r in results)}; test n={results[0]['iterations'][0].get('n')})")
+    return "\n".join(lines)
+
+
 def write_report(root: str | Path) -> Path:
     root = Path(root)
     results = read_json(root / "results.json")

@@ -164,7 +164,11 @@ def _loop(job: dict):
     per_worker_bs = max(1, bs // world)
     n_batches = max(1, math.ceil(len(rows) / per_worker_bs))
     row_lens = [max(len(v) for k, v in r.items() if k.endswith("input_ids")) for r in rows]
-    total_steps = max(1, epochs * math.ceil(n_batches / accum))
+    steps_per_epoch = math.ceil(n_batches / accum)
+    max_steps = int(hp.get("max_steps") or 0)          # an exact step budget (matched-compute baselines)
+    if max_steps:
+        epochs = math.ceil(max_steps / steps_per_epoch)
+    total_steps = max(1, max_steps or epochs * steps_per_epoch)
 
     model = _load_model(job)
     ref_model = None
@@ -251,6 +255,8 @@ def _loop(job: dict):
                 step += 1
                 step_losses.append(acc_loss)
                 acc_loss = 0.0
+                if max_steps and step >= max_steps:
+                    break
         metrics = {k: v / max(1, n_seen) for k, v in sums.items()}
         metrics = _allreduce_mean(metrics, world)
         if hp.get("log_steps"):

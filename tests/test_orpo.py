@@ -164,3 +164,6 @@ def test_dpo_and_sft_objectives_train_on_ray_train(tiny, tmp_path, ray_session):
                  seed=0, workers=1, threads=1)
     res = fit(job, {"train": ray.data.from_items(sft_rows)})
     assert res.history[-1]["nll"] < 0.5 * res.history[0]["nll"]
+    # an exact step budget (the matched-compute SFT baseline): 5 steps, though one epoch is 4
+    job.name, job.out_dir, job.hp = "sft-steps", str(tmp_path / "sft-steps"), dict(job.hp, epochs=1, max_steps=5)
+    assert fit(job, {"train": ray.data.from_items(sft_rows)}).steps == 5

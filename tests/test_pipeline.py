@@ -1,13 +1,11 @@
 """The SIPF loop end to end on real Ray, vLLM, Ray Data and Ray Train (miniature sizes), and resume."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import ray
@@ -17,7 +15,7 @@ import ray
 from sitf_ray import config as C
 from sitf_ray.artifacts import read_json, read_jsonl
 
-from conftest import MINI, ROOT, TEST_OVERRIDES, copy_m0, free_port, mini_config
+from conftest import ROOT, TEST_OVERRIDES, copy_m0, free_port, mini_config
 
 
 # ------------------------------------------------------------------------------------------------ faults

@@ -37,7 +37,12 @@ class VLLMEngine:
             kw["gpu_memory_utilization"] = spec.extra.get("gpu_memory_utilization", 0.35)
         if spec.lora_rank:
             kw.update(enable_lora=True, max_lora_rank=max(8, spec.lora_rank), max_loras=1)
-        kw.update({k: v for k, v in spec.extra.items() if k != "gpu_memory_utilization"})
+        # extra['weight_sync'] == 'nccl' (ours, not an LLM kwarg): on CUDA, enable vLLM's NCCL weight transfer
+        self.nccl = spec.extra.get("weight_sync") == "nccl" and self.device == "cuda"
+        if self.nccl:
+            from ..weights_nccl import llm_kwargs
+            kw.update(llm_kwargs())
+        kw.update({k: v for k, v in spec.extra.items() if k not in ("gpu_memory_utilization", "weight_sync")})
         self.llm = LLM(**kw)
         self.version = 0
         self.digest = ""
@@ -86,6 +91,27 @@ class VLLMEngine:
             shutil.rmtree(old, ignore_errors=True)
         self.version, self.digest = version, files_digest(files)
         return self.digest
+
+    def init_nccl_receiver(self, init_info: dict) -> None:
+        """Join the driver's NCCL weight-transfer group (weights_nccl.NCCLSender); CUDA only."""
+        from ..weights_nccl import init_receiver
+        self._need_nccl()
+        init_receiver(self.llm, init_info)
+
+    def receive_nccl(self, meta: dict, version: int, digest: str = "") -> str:
+        """Receive full weights (HF names) broadcast by the sender; answers the sender's digest, echoed."""
+        from ..weights_nccl import receive
+        self._need_nccl()
+        receive(self.llm, meta)
+        self._lora = None
+        self.version, self.digest = version, digest
+        return self.digest
+
+    def _need_nccl(self):
+        if not self.nccl:
+            raise RuntimeError("NCCL weight sync needs CUDA and EngineSpec.extra['weight_sync']='nccl' "
+                               f"(this engine: device={self.device}, weight_sync="
+                               f"{self.spec.extra.get('weight_sync')!r})")
 
     def close(self):
         if self._lora_dir is not None:
