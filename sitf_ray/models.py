@@ -99,6 +99,7 @@ def smollm2_folder(cache_dir: str | Path) -> Path:
 
 def resolve_source(source: str, cache_dir: str | Path) -> str:
     """'smollm2' -> converted local folder; anything else is a folder or hub id passed through."""
+    # Absolute paths: Ray workers run in other working directories than the driver.
     if source == "smollm2":
-        return str(smollm2_folder(cache_dir))
-    return source
+        return str(smollm2_folder(Path(cache_dir).resolve()))
+    return str(Path(source).resolve()) if Path(source).exists() else source

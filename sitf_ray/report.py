@@ -39,16 +39,18 @@ def seeds_table(results: list[dict]) -> str:
     for res in results:
         for m, its in method_rows(res):
             by_method.setdefault(m, []).append(its)
+    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
     lines = [f"{'method':<34} {'final acc %':>14} {'gain vs M_0':>14} {'per seed (final)':>28}", "-" * 94]
     for m, runs in by_method.items():
         finals = [100 * its[-1]["accuracy"] for its in runs]
         gains = [100 * (its[-1]["accuracy"] - its[0]["accuracy"]) for its in runs]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
         lines.append(f"{LABELS.get(m, m):<34} {statistics.mean(finals):8.1f} ± {sd(finals):3.1f} "
                      f"{statistics.mean(gains):+8.1f} ± {sd(gains):3.1f} "
                      f"{', '.join(f'{x:.1f}' for x in finals):>28}")
-    m0 = [100 * runs[0][0]["accuracy"] for runs in [by_method[results[0]["method"]]]][0]
-    lines.append(f"(M_0 {m0:.1f} % on seed {results[0]['seed']}; {len(results)} seeds: "
+    m0 = [100 * its[0]["accuracy"] for its in by_method[results[0]["method"]]]
+    lines.append(f"{'M_0 (SFT to convergence)':<34} {statistics.mean(m0):8.1f} ± {sd(m0):3.1f} {'':>16}"
+                 f"{', '.join(f'{x:.1f}' for x in m0):>28}")
+    lines.append(f"({len(results)} seeds: "
                  f"{', '.join(str(r['seed']) for r in results)}; test n={results[0]['iterations'][0].get('n')})")
     return "\n".join(lines)
 

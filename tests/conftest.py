@@ -133,6 +133,20 @@ MINI = ["iterations=2", "baselines=[outcome]", "sampling.n=4", "labeling.k=2", "
         "train.epochs=1", "pairs.eta=0.05", "cluster.train_workers=2"]
 
 
+def perturbed_copy(m0: Path, dest: Path, scale: float = 0.05) -> Path:
+    """A copy of M_0 with seeded noise on every weight: a new policy whose greedy outputs differ."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(m0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(m0).save_pretrained(dest)
+    return dest
+
+
 def mini_config():
     from sitf_ray import config as C
     return C.build(overrides=TEST_OVERRIDES + MINI)

@@ -64,15 +64,9 @@ def test_sampling_is_reproducible_per_seed(pool, prompts):
 
 
 def test_weight_update_reaches_every_replica(pool, m0, prompts, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from conftest import perturbed_copy
     before = [ray.get(a.generate.remote(prompts[:8], GREEDY, 0)) for a in pool.actors]
-    model = AutoModelForCausalLM.from_pretrained(m0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(tmp_path / "perturbed")
-    AutoTokenizer.from_pretrained(m0).save_pretrained(tmp_path / "perturbed")
+    perturbed_copy(m0, tmp_path / "perturbed")
     v = pool.version + 1
     rep = push_policy(pool, tmp_path / "perturbed", v)
     infos = pool.info()

@@ -89,3 +89,15 @@ def test_smollm2_gguf_converts_to_a_loadable_hf_folder(tmp_path):
     enc = tok("Question: What is 2 + 3?\nAnswer:", return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > enc.input_ids.shape[1]
+
+
+def test_model_sources_resolve_to_absolute_folders(tmp_path, monkeypatch):
+    # Ray Train workers and actors run in other working directories: a relative cache dir must not leak.
+    from sitf_ray.models import resolve_source
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "SmolLM2-135M-Instruct").mkdir(parents=True)
+    (tmp_path / "models" / "SmolLM2-135M-Instruct" / "config.json").write_text("{}")
+    (tmp_path / "mine").mkdir()
+    assert resolve_source("smollm2", "models") == str(tmp_path / "models" / "SmolLM2-135M-Instruct")
+    assert resolve_source("mine", "models") == str(tmp_path / "mine")
+    assert resolve_source("org/hub-model", "models") == "org/hub-model"

@@ -122,3 +122,16 @@ def test_a_different_config_never_overwrites_a_run(full_run):
     d, _ = full_run
     with pytest.raises(C.ConfigError, match="different config"):
         prepare(C.build(overrides=TEST_OVERRIDES + MINI + ["seed=7"]), d)
+
+
+def test_seeds_table_is_mean_and_sd_over_runs():
+    from sitf_ray.report import seeds_table
+
+    def res(seed, sipf, sft):
+        return {"task": "arith", "method": "sipf", "seed": seed,
+                "iterations": [{"k": k, "accuracy": a, "n": 400} for k, a in enumerate(sipf)],
+                "baselines": {"sft": {"iterations": [{"k": k, "accuracy": a, "n": 400} for k, a in enumerate(sft)]}}}
+    text = seeds_table([res(0, [0.40, 0.44], [0.40, 0.41]), res(1, [0.20, 0.30], [0.20, 0.19])])
+    sipf = next(line for line in text.splitlines() if line.startswith("SIPF"))
+    assert "37.0 ± 9.9" in sipf and "+7.0 ± 4.2" in sipf and "44.0, 30.0" in sipf
+    assert "30.0 ± 14.1" in next(line for line in text.splitlines() if line.startswith("M_0"))

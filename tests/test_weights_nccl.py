@@ -20,14 +20,13 @@ def test_nccl_sync_refuses_without_cuda(monkeypatch, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
                     reason="needs 2 CUDA GPUs: one replica plus the sender (NCCL refuses two ranks on one GPU)")
 def test_nccl_push_reaches_the_replica(m0, ray_session, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sitf_ray.actors import GeneratorPool
     from sitf_ray.engines import EngineSpec, GenParams
     from sitf_ray.tasks import get_task
     from sitf_ray.weights_nccl import close_nccl
 
-    from conftest import make_config
+    from conftest import make_config, perturbed_copy
 
     task, greedy = get_task("arith"), GenParams(n=1, temperature=0.0, max_tokens=48)
     prompts = [task.prompt(r) for r in task.load("test", make_config().task)][:32]
@@ -36,13 +35,7 @@ def test_nccl_push_reaches_the_replica(m0, ray_session, tmp_path):
     pool = GeneratorPool(spec, replicas=1, cpus=1, gpus=1, chunk_size=16)
     try:
         before = [o[0].text for o in pool.generate(prompts, greedy, seed=0)]
-        model = AutoModelForCausalLM.from_pretrained(m0)
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        model.save_pretrained(tmp_path / "perturbed")
-        AutoTokenizer.from_pretrained(m0).save_pretrained(tmp_path / "perturbed")
+        perturbed_copy(m0, tmp_path / "perturbed")
 
         rep = push_policy_nccl(pool, tmp_path / "perturbed", 1)
         assert (rep.kind, rep.version, rep.replicas) == ("nccl", 1, 1) and rep.bytes > 0
