@@ -117,14 +117,11 @@ def load_policy(ctx: Context, folder: Path):
     ensure_pool(ctx)
     if ctx.loaded == str(folder):
         return
-    from .trainer import read_policy_meta
     from .weights import push_policy
     ctx.version += 1
-    if ctx.cfg.cluster.weight_sync == "nccl" and read_policy_meta(folder)["kind"] != "adapter":
-        from .weights_nccl import push_policy_nccl
-        rep = push_policy_nccl(ctx.pool, folder, ctx.version)
-    else:
-        rep = push_policy(ctx.pool, folder, ctx.version)
+    if ctx.cfg.cluster.weight_sync == "nccl":   # adapters still go through the object store (inside)
+        from .weights_nccl import push_policy_nccl as push_policy
+    rep = push_policy(ctx.pool, folder, ctx.version)
     ctx.loaded = str(folder)
     ctx.sync_log.append(asdict(rep))
     ctx.metrics.sync(rep)

@@ -17,6 +17,7 @@ import weakref
 from pathlib import Path
 
 from .engines.base import state_digest
+from .trainer import read_policy_meta
 from .weights import SyncReport, policy_payload, push_policy
 
 _SENDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # GeneratorPool -> NCCLSender
@@ -159,10 +160,10 @@ def push_policy_nccl(pool, folder: str | Path, version: int, device: int | None 
     proves every replica completed this version's round, not the bytes (the GPU test checks those).
     """
     require_cuda()
-    t0 = time.time()
-    kind, payload = policy_payload(folder)
-    if kind == "adapter":
+    if read_policy_meta(folder)["kind"] == "adapter":   # decided before loading anything: no double read
         return push_policy(pool, folder, version)
+    t0 = time.time()
+    _, payload = policy_payload(folder)
     digest = state_digest(payload)
     size = sum(t.numel() * t.element_size() for t in payload.values())
     old = _SENDERS[pool].actors if pool in _SENDERS else []
