@@ -112,6 +112,10 @@ def _measure_engine(spec: dict) -> dict:
     es = EngineSpec(**spec["engine"])
     t0 = time.time()
     eng = make_engine(es)
+    if spec.get("adapter"):      # a LoRA policy: hot-loaded as an adapter, or merged into full weights
+        from .weights import policy_payload
+        kind, payload = policy_payload(spec["adapter"], merge_adapter=spec.get("merge", False))
+        (eng.load_adapter if kind == "adapter" else eng.load_state)(payload, 1)
     build_s = time.time() - t0
     prompts = spec["prompts"]
     p = GenParams(**spec["params"])
@@ -144,8 +148,13 @@ def bench_engines(opts: dict) -> dict:
     models = [(tiny_model(), "float32")]
     if opts.get("smollm", "1") == "1" and (sm := smollm_model()) is not None:
         models.append((sm, "bfloat16"))
+    lora_only = opts.get("cases") == "lora"      # just the LoRA decode comparison (SmolLM2)
     for model, dtype in models:
         tiny = "tiny" in model.name
+        if lora_only:
+            if not tiny:
+                cases.append(lora_decode(model, dtype, threads, int(opts.get("repeats", 3))))
+            continue
         raw_tokens = 96 if tiny else 128
         for name, prompts, params in (
                 ("raw_decode", workload(model, "raw", 64),
@@ -162,8 +171,47 @@ def bench_engines(opts: dict) -> dict:
                 print(f"[bench engines] {model.name} {name} {kind}: {row[kind]['tokens_per_s']:.0f} tok/s", flush=True)
             row["ratio_vllm_over_hf"] = row["vllm"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
             cases.append(row)
+        if not tiny:
+            cases.append(lora_decode(model, dtype, threads, int(opts.get("repeats", 3))))
     return {"benchmark": "engines", "threads": threads, "cases": cases,
-            "targets": {"raw_decode": ">= 3x", "mc_rollouts": ">= 5x"}}
+            "targets": {"raw_decode": ">= 3x", "mc_rollouts": ">= 5x",
+                        "lora_decode": "informs cluster.lora_generation (merged on CPU when faster)"}}
+
+
+def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str) -> Path:
+    """A saved r=16 LoRA policy folder on `model` (random B, so it changes the output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .trainer import POLICY_META
+    ad = ROOT / ".cache" / "bench" / name
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
+                          LoraConfig(r=16, lora_alpha=32, target_modules=target_modules, init_lora_weights=False))
+    peft.save_pretrained(ad)
+    AutoTokenizer.from_pretrained(model).save_pretrained(ad)
+    (ad / POLICY_META).write_text(json.dumps({"kind": "adapter", "base": str(model)}))
+    return ad
+
+
+def lora_decode(model: Path, dtype: str, threads: int, repeats: int) -> dict:
+    """vLLM sampling with a LoRA policy (all 7 linear layers, as the recipes train it): hot-loaded adapter
+    vs the same adapter merged into full weights."""
+    ad = lora_adapter(model, dtype, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      f"{model.name}-lora-all")
+    params = {"n": 4, "temperature": 1.0, "max_tokens": 128, "ignore_eos": True}
+    prompts = workload(model, "raw", 24)
+    row = {"model": model.name, "dtype": dtype, "workload": "lora_decode", "prompts": len(prompts), **params}
+    for name, merge in (("adapter", False), ("merged", True)):
+        spec = {"engine": {"model": str(model), "kind": "vllm", "dtype": dtype, "threads": threads,
+                           "max_model_len": 1024, "kv_cache_bytes": 512 << 20, "device": "cpu",
+                           "lora_rank": 0 if merge else 16},
+                "adapter": str(ad), "merge": merge, "prompts": prompts, "params": params, "repeats": repeats}
+        row[name] = run_engine_subprocess(spec, threads)
+        print(f"[bench engines] {model.name} lora_decode {name}: {row[name]['tokens_per_s']:.0f} tok/s", flush=True)
+    row["ratio_merged_over_adapter"] = row["merged"]["tokens_per_s"] / row["adapter"]["tokens_per_s"]
+    return row
 
 
 # -------------------------------------------------------------------------------------------- actors

@@ -96,18 +96,34 @@ def engine_spec(cfg: C.SIPFConfig, model_dir: str):
     return EngineSpec(model=str(base), kind=cfg.cluster.engine, dtype=cfg.model.dtype, max_model_len=max_len,
                       kv_cache_bytes=cfg.cluster.kv_cache_bytes, max_num_seqs=cfg.cluster.max_num_seqs,
                       seed=cfg.seed, threads=cfg.cluster.generator_threads,
-                      lora_rank=cfg.model.lora.r if cfg.model.lora.enabled else 0,
+                      lora_rank=cfg.model.lora.r if cfg.model.lora.enabled and not cfg.cluster.merge_lora else 0,
                       extra={"weight_sync": "nccl"} if cfg.cluster.weight_sync == "nccl" else {})
+
+
+def make_pool(cfg: C.SIPFConfig, folder: str | Path):
+    """Generators holding `folder`: built on its weights, or on its base with the adapter pushed as v1
+    (an engine built on the base alone would silently generate with the base model)."""
+    from .actors import GeneratorPool
+    from .trainer import read_policy_meta
+    from .weights import push_policy
+    cl = cfg.cluster
+    pool = GeneratorPool(engine_spec(cfg, str(folder)), cl.generator_replicas, cl.generator_cpus,
+                         cl.generator_gpus, cl.placement_strategy, cl.chunk_size)
+    if read_policy_meta(folder)["kind"] == "adapter":
+        try:
+            push_policy(pool, folder, 1, cfg.cluster.merge_lora)
+        except BaseException:
+            pool.shutdown()
+            raise
+    return pool
 
 
 def ensure_pool(ctx: Context):
     if ctx.pool is None:
-        from .actors import GeneratorPool
         cl = ctx.cfg.cluster
         t0 = time.time()
-        ctx.pool = GeneratorPool(engine_spec(ctx.cfg, str(ctx.m0)), cl.generator_replicas, cl.generator_cpus,
-                                 cl.generator_gpus, cl.placement_strategy, cl.chunk_size)
-        ctx.loaded = str(ctx.m0)
+        ctx.pool = make_pool(ctx.cfg, ctx.m0)
+        ctx.loaded, ctx.version = str(ctx.m0), ctx.pool.version
         summary("generators", time.time() - t0, replicas=cl.generator_replicas, engine=cl.engine)
     return ctx.pool
 
@@ -117,11 +133,13 @@ def load_policy(ctx: Context, folder: Path):
     ensure_pool(ctx)
     if ctx.loaded == str(folder):
         return
-    from .weights import push_policy
     ctx.version += 1
-    if ctx.cfg.cluster.weight_sync == "nccl":   # adapters still go through the object store (inside)
-        from .weights_nccl import push_policy_nccl as push_policy
-    rep = push_policy(ctx.pool, folder, ctx.version)
+    if ctx.cfg.cluster.weight_sync == "nccl":   # GPU generators: adapters stay adapters (object store, inside)
+        from .weights_nccl import push_policy_nccl
+        rep = push_policy_nccl(ctx.pool, folder, ctx.version)
+    else:
+        from .weights import push_policy
+        rep = push_policy(ctx.pool, folder, ctx.version, ctx.cfg.cluster.merge_lora)
     ctx.loaded = str(folder)
     ctx.sync_log.append(asdict(rep))
     ctx.metrics.sync(rep)
@@ -283,12 +301,8 @@ def ensure_simulator(ctx: Context):
     if lc.simulator == "policy":
         return ensure_pool(ctx)
     if ctx.simulator is None:
-        from .actors import GeneratorPool
         from .models import resolve_source
-        cl = ctx.cfg.cluster
-        spec = engine_spec(ctx.cfg, resolve_source(lc.simulator, ctx.cfg.model.cache_dir))
-        ctx.simulator = GeneratorPool(spec, cl.generator_replicas, cl.generator_cpus, cl.generator_gpus,
-                                      cl.placement_strategy, cl.chunk_size)
+        ctx.simulator = make_pool(ctx.cfg, resolve_source(lc.simulator, ctx.cfg.model.cache_dir))
     return ctx.simulator
 
 

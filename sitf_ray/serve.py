@@ -136,7 +136,7 @@ class SITFServer:
         spec.threads = threads
         self.engine = make_engine(spec)
         from .weights import policy_payload
-        kind, payload = policy_payload(self.policy)
+        kind, payload = policy_payload(self.policy, self.cfg.cluster.merge_lora)
         (self.engine.load_adapter if kind == "adapter" else self.engine.load_state)(payload, 1)
         prm = latest(run, "prm")
         self.prm = PRMModel(str(prm), max_len=self.cfg.prm.max_len, threads=threads) if prm else None

@@ -18,7 +18,9 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -58,24 +60,9 @@ class FitResult:
 
 
 def fit(job: FitJob, datasets: dict) -> FitResult:
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     t0 = time.time()
-    use_gpu = job.gpus_per_worker > 0
-    res = {"CPU": job.cpus_per_worker} | ({"GPU": job.gpus_per_worker} if use_gpu else {})
-    from ray.data import ExecutionOptions
-    data_config = DataConfig(execution_options=ExecutionOptions(preserve_order=True))  # same split every run
-    trainer = TorchTrainer(
-        _loop, train_loop_config=asdict(job), datasets=datasets, dataset_config=data_config,
-        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=res),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=job.name, storage_path=os.path.abspath(job.storage) if "://" not in job.storage
-                             else job.storage, failure_config=FailureConfig(max_failures=job.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    with step_progress(job.name) as queue:
+        result = _fit(job, datasets, queue)
     ckpt = result.checkpoint
     out = Path(job.out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent if out.parent.exists() else None))
@@ -89,6 +76,78 @@ def fit(job: FitJob, datasets: dict) -> FitResult:
     shutil.rmtree(tmp, ignore_errors=True)
     return FitResult(out_dir=str(out), steps=info["steps"], epochs=info["epochs"], seconds=time.time() - t0,
                      history=info["history"], best=info.get("best"))
+
+
+def _fit(job: FitJob, datasets: dict, queue):
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = job.gpus_per_worker > 0
+    res = {"CPU": job.cpus_per_worker} | ({"GPU": job.gpus_per_worker} if use_gpu else {})
+    data_config = DataConfig(execution_options=ExecutionOptions(preserve_order=True))  # same split every run
+    trainer = TorchTrainer(
+        _loop, train_loop_config=asdict(job) | {"progress_queue": queue}, datasets=datasets,
+        dataset_config=data_config,
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=res),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=job.name, storage_path=os.path.abspath(job.storage) if "://" not in job.storage
+                             else job.storage, failure_config=FailureConfig(max_failures=job.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result
+
+
+_QUEUE = None
+
+
+def _progress_queue():
+    """One ray.util.queue.Queue per driver process, shared by every fit, for the workers' step counts."""
+    global _QUEUE
+    if _QUEUE is None:
+        from ray.util.queue import Queue
+        _QUEUE = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    return _QUEUE
+
+
+@contextmanager
+def step_progress(name: str):
+    """A step bar on the driver, fed by rank 0 through a Ray queue (worker stdout is not forwarded)."""
+    from . import progress as prog
+    if not prog.enabled():
+        yield None
+        return
+    from ray.util.queue import Empty
+    queue, stop = _progress_queue(), threading.Event()
+
+    def drain(bar):
+        while True:
+            try:
+                tag, step, total, loss = queue.get(timeout=0.5)
+            except Empty:
+                if stop.is_set():
+                    return
+                continue
+            except Exception:      # queue actor gone: the bar is cosmetic, training goes on
+                return
+            if tag != name:        # left over from an earlier fit
+                continue
+            bar.total = total
+            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            bar.update(step - bar.n)       # redraws at the bar's own pace (every 2 s in job logs)
+            if step >= total:
+                bar.refresh()
+
+    with prog.progress(total=0, desc=f"[train] {name}", unit="step") as bar:
+        t = threading.Thread(target=drain, args=(bar,), daemon=True)
+        t.start()
+        try:
+            yield queue
+        finally:
+            stop.set()
+            t.join(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------ worker side
@@ -192,6 +251,7 @@ def _loop(job: dict):
         opt, num_warmup_steps=min(int(hp.get("warmup_steps", 0)), total_steps // 2),
         num_training_steps=total_steps, min_lr_rate=float(hp.get("min_lr_ratio", 0.1)))
 
+    queue, last_put = job.get("progress_queue"), 0.0
     start_epoch, step, history, best = 0, 0, [], None
     best_state, bad_evals = None, 0
     ckpt = ray.train.get_checkpoint()
@@ -255,6 +315,12 @@ def _loop(job: dict):
                 step += 1
                 step_losses.append(acc_loss)
                 acc_loss = 0.0
+                if queue is not None and rank == 0 and (time.time() - last_put > 1.0 or step >= total_steps):
+                    last_put = time.time()
+                    try:
+                        queue.put_nowait((job["name"], step, total_steps, step_losses[-1]))
+                    except Exception:   # full or gone: progress is cosmetic
+                        pass
                 if max_steps and step >= max_steps:
                     break
         metrics = {k: v / max(1, n_seen) for k, v in sums.items()}

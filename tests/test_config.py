@@ -30,6 +30,10 @@ def test_defaults_and_overrides(tmp_path):
     (["labeling.mode=magic"], "labeling.mode: Input should be 'mc', 'binary' or 'oracle' (got 'magic')"),
     (["task.arith.min_ops=4", "task.arith.max_ops=2"], "task.arith: min_ops (4) must be <= max_ops (2)"),
     (["cluster.weight_sync=nccl"], "cluster: weight_sync=nccl needs vLLM generators on GPUs (cluster.generator_gpus > 0)"),
+    (["cluster.weight_sync=nccl", "cluster.generator_gpus=1", "cluster.lora_generation=merged"],
+     "cluster: lora_generation=merged sends full weights through the object store; with "
+     "weight_sync=nccl use lora_generation=adapter or auto"),
+    (["task.max_gold_steps=2"], "task: max_gold_steps applies to gsm8k only, not 'arith'"),
     (["train.beta"], "override 'train.beta': expected key=value, e.g. orpo.beta=0.1"),
 ])
 def test_errors_name_the_key(overrides, message):

@@ -109,7 +109,8 @@ def test_killed_replica_mid_request_loses_nothing(pool, prompts):
     assert [i["version"] for i in pool.info()] == [pool.version] * 2  # the new replica got the weights
 
 
-def test_lora_adapter_hot_load(m0, prompts, tmp_path, ray_session):
+def make_adapter(m0, ad, prompts) -> list[str]:
+    """A LoRA policy folder on m0 (B scaled up so it clearly changes the output) and HF's greedy texts."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,25 +123,48 @@ def test_lora_adapter_hot_load(m0, prompts, tmp_path, ray_session):
         for n, p in peft.named_parameters():
             if "lora_B" in n:
                 p.mul_(20.0)
-    ad = tmp_path / "adapter"
     peft.save_pretrained(ad)
     AutoTokenizer.from_pretrained(m0).save_pretrained(ad)
     (ad / POLICY_META).write_text('{"kind": "adapter", "base": "%s"}' % m0)
     merged = peft.merge_and_unload()
     tok = AutoTokenizer.from_pretrained(m0)
     tok.padding_side = "left"
-    enc = tok(prompts[:8], return_tensors="pt", padding=True)
+    enc = tok(prompts, return_tensors="pt", padding=True)
     gen = merged.generate(**enc, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
-    want = [tok.decode(g[enc.input_ids.shape[1]:], skip_special_tokens=True) for g in gen]
+    return [tok.decode(g[enc.input_ids.shape[1]:], skip_special_tokens=True) for g in gen]
 
+
+def test_lora_adapter_hot_load(m0, prompts, tmp_path, ray_session):
+    want = make_adapter(m0, tmp_path / "adapter", prompts[:8])
     p = GeneratorPool(EngineSpec(model=str(m0), kind="vllm", max_model_len=256, lora_rank=8), replicas=1, cpus=1)
     try:
         base_out = texts(p.generate(prompts[:8], GREEDY, seed=0))
-        rep = push_policy(p, ad, 1)
+        rep = push_policy(p, tmp_path / "adapter", 1)
         assert rep.kind == "adapter" and rep.bytes < 200_000   # only the adapter travels
         out = [o[0] for o in texts(p.generate(prompts[:8], GREEDY, seed=0))]
         assert out == want                      # vLLM LoRA == HF merged adapter
         assert [[o] for o in out] != base_out   # and differs from the base model
+    finally:
+        p.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["adapter", "merged"])
+def test_pipeline_pool_for_an_adapter_policy_generates_with_the_adapter(m0, prompts, tmp_path, ray_session, mode):
+    """Regression: the pipeline built its generators on an adapter policy's base and then believed the
+    adapter loaded, so a LoRA M_0 was evaluated and sampled as the untouched base model. Both ways of
+    serving an adapter (hot-loaded LoRA, merged into full weights) must give HF's merged model's output."""
+    from sitf_ray.pipeline import make_pool
+    from sitf_ray.weights import push_policy
+    want = make_adapter(m0, tmp_path / "adapter", prompts[:8])
+    cfg = make_config(["model.lora.enabled=true", "model.lora.r=8", "cluster.generator_replicas=1",
+                       f"cluster.lora_generation={mode}"])
+    assert cfg.cluster.merge_lora == (mode == "merged")
+    p = make_pool(cfg, tmp_path / "adapter")
+    try:
+        assert p.version == 1
+        assert [o[0] for o in texts(p.generate(prompts[:8], GREEDY, seed=0))] == want
+        rep = push_policy(p, tmp_path / "adapter", 2, merge_adapter=cfg.cluster.merge_lora)
+        assert rep.kind == mode
     finally:
         p.shutdown()
 

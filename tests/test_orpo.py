@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -167,3 +168,13 @@ def test_dpo_and_sft_objectives_train_on_ray_train(tiny, tmp_path, ray_session):
     # an exact step budget (the matched-compute SFT baseline): 5 steps, though one epoch is 4
     job.name, job.out_dir, job.hp = "sft-steps", str(tmp_path / "sft-steps"), dict(job.hp, epochs=1, max_steps=5)
     assert fit(job, {"train": ray.data.from_items(sft_rows)}).steps == 5
+
+
+def test_training_steps_reach_the_driver_progress_bar(tiny, tmp_path, ray_session, monkeypatch, capfd):
+    """Worker stdout is not forwarded, so rank 0 sends its step count through a Ray queue to the driver's bar."""
+    monkeypatch.setenv("SITF_PROGRESS", "1")
+    res = _fit(tiny, tmp_path, "progress", 1, PAIRS * 4, {"lr": 1e-3, "epochs": 2, "batch_size": 4,
+                                                           "warmup_steps": 0, "beta": 0.1})
+    err = capfd.readouterr().err
+    assert res.steps == 2 * math.ceil(len(PAIRS) * 4 / 4)
+    assert "[train] progress" in err and f"{res.steps}/{res.steps}" in err and "loss " in err

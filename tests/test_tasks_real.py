@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from pydantic import ValidationError
+
 from sitf_ray.config import TaskConfig
 from sitf_ray.data import DATA_DIR
 from sitf_ray.tasks import DataError, get_task
@@ -66,6 +68,22 @@ def test_gsm8k_split_sizes_from_config():
         gsm8k.load("sft", ns(n_sft=7000, n_train=1000))
     with pytest.raises(ValueError, match="unknown split"):
         gsm8k.load("dev", ns())
+
+
+def test_gsm8k_easy_subset_by_gold_steps():
+    cfg = ns(n_sft=100, n_train=50, n_val=20, n_test=30, max_gold_steps=2)
+    rows = {s: gsm8k.load(s, cfg) for s in ("sft", "train", "val", "test")}
+    assert [len(v) for v in rows.values()] == [100, 50, 20, 30]
+    assert all(gsm8k.gold_steps(r) <= 2 for v in rows.values() for r in v)
+    ids = [r["id"] for s in ("sft", "train", "val") for r in rows[s]]
+    assert len(set(ids)) == 170
+    # ids keep the row's place in the full file; the subset skips the longer problems
+    assert rows["test"][-1]["id"] != "gsm8k-test-29"
+    assert len(gsm8k.load("test", ns(max_gold_steps=2))) == 326
+    with pytest.raises(ValueError, match="exceed"):
+        gsm8k.load("sft", ns(n_sft=1900, n_train=100, max_gold_steps=2))
+    with pytest.raises(ValidationError, match="gsm8k only"):
+        TaskConfig(name="arith", max_gold_steps=2)
 
 
 def test_gsm8k_gold_targets_and_answers_on_real_rows():

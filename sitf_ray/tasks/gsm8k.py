@@ -16,6 +16,8 @@ Splits (disjoint, all carved by position so they are stable):
   * test  = the test file (first n_test if set).
   Defaults: n_train = 2000, n_sft = all other rows (7473 - 100 - 2000 = 5373). Give one of them and the
   other takes the rest of the pool; give both and their sum must fit (7373 with n_val = 100).
+  `max_gold_steps=S` first keeps only problems whose gold solution has at most S reasoning lines (train
+  1960 / test 326 rows for S=2), then splits as above.
 Data: the vendored files, `cfg.path` (directory, '{source}' template or one JSONL file with
 `question`/`answer`), or `cfg.hub` (e.g. 'openai/gsm8k:main').
 """
@@ -73,11 +75,18 @@ def _rows(source: str, cfg) -> list[dict]:
 _CACHE: dict = {}
 
 
+def gold_steps(row: dict) -> int:
+    """Reasoning lines of the gold solution (without the final 'The answer is N' line)."""
+    return len(split_lines(row["solution"])) - 1
+
+
 def _source(source: str, cfg) -> list[dict]:
     key = (source, getattr(cfg, "path", None), getattr(cfg, "hub", None))
     if key not in _CACHE:
         _CACHE[key] = _rows(source, cfg)
-    return _CACHE[key]
+    rows = _CACHE[key]
+    s = getattr(cfg, "max_gold_steps", None)
+    return [r for r in rows if gold_steps(r) <= s] if s else rows
 
 
 def split_sizes(n_rows: int, n_sft: Optional[int], n_train: Optional[int], n_val: Optional[int]) -> tuple[int, int, int]:
