@@ -151,12 +151,8 @@ def bench_engines(opts: dict) -> dict:
     lora_only = opts.get("cases") == "lora"      # just the LoRA decode comparison (SmolLM2)
     for model, dtype in models:
         tiny = "tiny" in model.name
-        if lora_only:
-            if not tiny:
-                cases.append(lora_decode(model, dtype, threads, int(opts.get("repeats", 3))))
-            continue
         raw_tokens = 96 if tiny else 128
-        for name, prompts, params in (
+        for name, prompts, params in () if lora_only else (
                 ("raw_decode", workload(model, "raw", 64),
                  {"n": 1, "temperature": 0.0, "max_tokens": raw_tokens, "ignore_eos": True}),
                 ("mc_rollouts", workload(model, "rollout", 32 if tiny else 16),
@@ -178,8 +174,8 @@ def bench_engines(opts: dict) -> dict:
                         "lora_decode": "informs cluster.lora_generation (merged on CPU when faster)"}}
 
 
-def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str) -> Path:
-    """A saved r=16 LoRA policy folder on `model` (random B, so it changes the output)."""
+def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str, random_b: bool = True) -> Path:
+    """A saved r=16 LoRA policy folder on `model` (random B changes the output; peft's zero B does not)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -188,7 +184,8 @@ def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str) 
     ad = ROOT / ".cache" / "bench" / name
     torch.manual_seed(0)
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
-                          LoraConfig(r=16, lora_alpha=32, target_modules=target_modules, init_lora_weights=False))
+                          LoraConfig(r=16, lora_alpha=32, target_modules=target_modules,
+                                     init_lora_weights=not random_b))
     peft.save_pretrained(ad)
     AutoTokenizer.from_pretrained(model).save_pretrained(ad)
     (ad / POLICY_META).write_text(json.dumps({"kind": "adapter", "base": str(model)}))
@@ -257,12 +254,10 @@ def bench_actors(opts: dict) -> dict:
 def bench_weightsync(opts: dict) -> dict:
     """Push a new policy to every replica and serve one prompt with it: full state vs LoRA adapter."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .actors import GeneratorPool, init_ray
     from .engines.base import EngineSpec, GenParams
-    from .trainer import POLICY_META
     from .weights import push_policy
     init_ray(8)
     out = {"benchmark": "weightsync", "cases": []}
@@ -279,12 +274,7 @@ def bench_weightsync(opts: dict) -> dict:
                 p.mul_(1.001)
         base.save_pretrained(full)
         tok.save_pretrained(full)
-        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
-                              LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
-        ad = work / f"{model.name}-adapter"
-        peft.save_pretrained(ad)
-        tok.save_pretrained(ad)
-        (ad / POLICY_META).write_text(json.dumps({"kind": "adapter", "base": str(model)}))
+        ad = lora_adapter(model, dtype, ["q_proj", "v_proj"], f"weightsync/{model.name}-adapter", random_b=False)
         replicas = int(opts.get("replicas", 2))
         pool = GeneratorPool(EngineSpec(model=str(model), kind="vllm", dtype=dtype, max_model_len=max_len,
                                         lora_rank=16, kv_cache_bytes=128 << 20), replicas=replicas, cpus=1)

