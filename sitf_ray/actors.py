@@ -80,6 +80,33 @@ class Generator:
         self.engine.close()
 
 
+@ray.remote
+class PRMScorer:
+    """One PRM replica (prm.PRMModel); `load` swaps in a new iteration's PRM without restarting the actor."""
+
+    def __init__(self, replica: int, threads: int = 1):
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.replica, self.threads, self.prm, self.folder = replica, threads, None, ""
+
+    def load(self, folder: str, max_len: int = 512) -> str:
+        import torch
+
+        from .prm import PRMModel
+        self.prm = PRMModel(folder, max_len=max_len, threads=self.threads,
+                            device="cuda" if torch.cuda.is_available() else "cpu")
+        self.folder = folder
+        return folder
+
+    def score(self, items: list[dict]) -> list[list[float]]:
+        """items: {'prompt', 'steps'} -> P(step correct) per step of each item."""
+        if self.prm is None:
+            raise RuntimeError(f"PRM scorer {self.replica}: no PRM loaded")
+        return self.prm.score(items)
+
+    def info(self) -> dict:
+        return {"replica": self.replica, "folder": self.folder, "pid": os.getpid()}
+
+
 _ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
@@ -136,17 +163,20 @@ class ReplicaPool:
             ray.get(getattr(self.actors[i], method).remote(*args))
 
     def broadcast(self, method: str, *args) -> list:
-        """Call `method(*args)` on every replica (large args go to the object store once)."""
+        """Call `method(*args)` on every replica at once (large args go to the object store once); a replica
+        that dies meanwhile is restarted (replaying earlier broadcasts) and asked again."""
         refs = tuple(ray.put(a) if not isinstance(a, (int, float, str)) else a for a in args)
         self.replayed[method] = refs
-        out = []
-        for i in range(len(self.actors)):
-            while True:
-                try:
-                    out.append(ray.get(getattr(self.actors[i], method).remote(*refs)))
-                    break
-                except _ACTOR_FAILURES:
-                    self._restart(i)   # replays `method` itself, then we ask again
+        pending = {getattr(a, method).remote(*refs): i for i, a in enumerate(self.actors)}
+        out: list = [None] * len(self.actors)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            try:
+                out[i] = ray.get(done[0])
+            except _ACTOR_FAILURES:
+                self._restart(i)   # replays `method` itself, then we ask again
+                pending[getattr(self.actors[i], method).remote(*refs)] = i
         return out
 
     def call_all(self, method: str, *args) -> list:
@@ -304,3 +334,8 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
         # /tmp/ray/ray_current_cluster (which plain ray.init() would try to join)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
     return ray.cluster_resources()
+
+
+def scorer_pool(replicas: int, cpus: float, gpus: float = 0.0, threads: int = 1, strategy: str = "PACK"):
+    """R PRMScorer replicas in a placement group (load with .broadcast('load', folder, max_len))."""
+    return ReplicaPool(PRMScorer, lambda i: (i, threads), replicas, cpus, gpus, strategy, name="prm-scorer")

@@ -5,6 +5,7 @@
     sitf-ray bench weightsync  seconds to push a new policy to every replica: full state vs LoRA adapter
     sitf-ray bench labeling    binary search vs per-step MC: rollouts, seconds, agreement, F1 vs oracle
     sitf-ray bench orpo        our Ray Train ORPO vs TRL's ORPOTrainer: loss curves and throughput
+    sitf-ray bench fit         fits through the Ray Train session vs a plain torch loop: start-up, steps/s
     sitf-ray bench pipeline    stage times per iteration of a run directory
 
 Each engine measurement runs in its own subprocess (same environment, same threads) so that neither
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -180,7 +182,7 @@ def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .trainer import POLICY_META
+    from .policy_folder import POLICY_META
     ad = ROOT / ".cache" / "bench" / name
     torch.manual_seed(0)
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
@@ -409,6 +411,100 @@ def bench_orpo(opts: dict) -> dict:
             "targets": {"max_abs_loss_diff": "<= 1e-5", "throughput_ratio": ">= 1.0"}}
 
 
+# ------------------------------------------------------------------------------------------------ fit
+
+def _plain_torch_fit(model_dir: Path, rows: list[dict], hp: dict, threads: int) -> dict:
+    """The reference: the same SFT steps (same tokenisation, batches, AdamW, schedule) as one plain
+    in-process torch loop; steps per second after the first step."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+    from .orpo import collate, sft_loss
+    from .train_loop import encode, length_grouped_batches
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    enc = encode("sft", rows, tok, hp)
+    lens = [len(r["input_ids"]) for r in enc]
+    bs, epochs = int(hp["batch_size"]), int(hp["epochs"])
+    total = epochs * -(-len(enc) // bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(hp["lr"]))
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=int(hp["warmup_steps"]),
+                                                        num_training_steps=total, min_lr_rate=0.1)
+    model.train()
+    steps, first, t_call = 0, None, time.time()
+    for epoch in range(epochs):
+        for idx in length_grouped_batches(lens, bs, random.Random(epoch)):
+            loss, _ = sft_loss(model, collate([enc[i] for i in idx], tok.pad_token_id))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            steps += 1
+            if first is None:
+                first = time.time()
+    last = time.time()
+    return {"steps": steps, "startup_s": first - t_call, "steps_per_s": (steps - 1) / (last - first)}
+
+
+def bench_fit(opts: dict) -> dict:
+    """Fits of the tiny model through the real trainer (one Ray Train session) vs a plain torch loop.
+
+    startup_s: mean seconds from calling fit() to the first optimizer step, over the fits run once the
+    run's session is up (the pipeline starts it with Ray, before its first fit); the session's own start
+    and the first fit's cold figure are reported beside it.
+    """
+    import statistics
+
+    import ray.data
+
+    from . import config as C
+    from .actors import init_ray
+    from .tasks import get_task
+    from .trainer import FitJob, close_session, fit, session
+    n_fits, workers = int(opts.get("fits", 3)), int(opts.get("workers", 2))
+    threads, epochs = int(opts.get("threads", 1)), int(opts.get("epochs", 3))
+    init_ray(8)
+    model = tiny_model()
+    task, cfg = get_task("arith"), C.build()
+    rows = [{"prompt": task.prompt(r), "completion": task.target(r)} for r in task.load("sft", cfg.task)]
+    hp = {"lr": 1e-4, "epochs": epochs, "batch_size": 32, "warmup_steps": 10, "min_lr_ratio": 0.1,
+          "max_grad_norm": 1.0, "max_len": 256, "max_prompt_len": 160}
+    work = ROOT / ".cache" / "bench" / "fit"
+    shutil.rmtree(work, ignore_errors=True)
+    close_session()
+    fits, t_session = [], time.time()
+    for i in range(n_fits + 1):        # fit 0 starts the session (cold); fits 1..n reuse it, as a run does
+        job = FitJob(name=f"bench-fit-{i}", storage=str(work / "rt"), init_model=str(model),
+                     out_dir=str(work / f"out{i}"), objective="sft", hp=hp, seed=i, workers=workers, threads=threads)
+        t = time.time()
+        res = fit(job, {"train": ray.data.from_items(rows)})
+        fits.append({"fit": i, "cold": i == 0, "steps": res.steps, "startup_s": res.first_step_at - t,
+                     "steps_per_s": (res.steps - 1) / (res.last_step_at - res.first_step_at),
+                     "total_s": res.seconds})
+        if i == 0:
+            session_start = ray.get(session(str(work / "rt"), workers).board.ready_at.remote()) - t_session
+    close_session()
+    ref = _plain_torch_fit(model, rows, hp, workers * threads)
+    warm = [f for f in fits if not f["cold"]]
+    ours_sps = statistics.mean(f["steps_per_s"] for f in warm)
+    out = {"benchmark": "fit", "model": model.name, "rows": len(rows), "workers": workers,
+           "threads_per_worker": threads, "batch_size": hp["batch_size"], "epochs": epochs,
+           "startup_s": statistics.mean(f["startup_s"] for f in warm), "steps_per_s": ours_sps,
+           "reference_steps_per_s": ref["steps_per_s"], "steps_per_s_ratio": ours_sps / ref["steps_per_s"],
+           "session_start_s": session_start, "cold_fit_startup_s": fits[0]["startup_s"], "fits": fits,
+           "reference": ref | {"threads": workers * threads},
+           "targets": {"startup_s": "<= 5", "steps_per_s_ratio": ">= 0.8"}}
+    print(f"[bench fit] startup {out['startup_s']:.2f} s (cold fit {out['cold_fit_startup_s']:.1f} s, session "
+          f"{session_start:.1f} s); {ours_sps:.1f} vs {ref['steps_per_s']:.1f} steps/s = "
+          f"{out['steps_per_s_ratio']:.2f}x", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- pipeline
 
 def bench_pipeline(opts: dict) -> dict:
@@ -426,7 +522,7 @@ def bench_pipeline(opts: dict) -> dict:
 
 
 BENCHES = {"engines": bench_engines, "actors": bench_actors, "weightsync": bench_weightsync,
-           "labeling": bench_labeling, "orpo": bench_orpo, "pipeline": bench_pipeline}
+           "labeling": bench_labeling, "orpo": bench_orpo, "fit": bench_fit, "pipeline": bench_pipeline}
 
 
 def run_bench(name: str, out: Optional[str], overrides: list[str]) -> int:

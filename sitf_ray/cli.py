@@ -84,9 +84,10 @@ def cmd_eval(a) -> int:
 
 def cmd_report(a) -> int:
     from .artifacts import read_json
-    from .report import seeds_table, table, write_report
+    from .report import seeds_table, table, write_report, write_seeds_report
     if len(a.dir) > 1:   # several seeds of one config: mean +- sd
         print(seeds_table([read_json(Path(d) / "results.json") for d in a.dir]))
+        print(f"\nwrote {write_seeds_report(a.dir, a.out or 'runs/seeds-report')}")
         return 0
     out = write_report(a.dir[0])
     print(table(read_json(Path(a.dir[0]) / "results.json")))
@@ -102,6 +103,14 @@ def cmd_compare(a) -> int:
     cfg = C.load(a.config, a.overrides + [f"method={methods[0]}", f"baselines=[{','.join(methods[1:])}]"])
     res = run(cfg, a.out)
     print("\n" + table(res))
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from .sweep import sweep
+    seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    sweep(a.out, seeds, [x.strip() for x in a.arms.split(",") if x.strip()], a.overrides)
+    print(f"\nwrote {Path(a.out) / 'sweep.md'}")
     return 0
 
 
@@ -160,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="rebuild report.md and plots of a run; several runs: mean +- sd over seeds")
     r.add_argument("dir", nargs="+")
+    r.add_argument("--out", help="several runs: folder for seeds.md and its plot (default runs/seeds-report)")
     r.set_defaults(fn=cmd_report)
 
     r = sub.add_parser("compare", help="run several methods from one M_0 and tabulate them")
@@ -169,6 +179,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*")
     r.set_defaults(fn=cmd_compare)
 
+    r = sub.add_parser("sweep", help="research arms from one M_0 per seed (quickstart config): table of "
+                                     "accuracy and strict accuracy, mean +- sd")
+    r.add_argument("--out", default="runs/sweep")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--arms", default="sipf,sipf-policy,sipf-oracle,outcome,rft,sft")
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(fn=cmd_sweep)
+
     r = sub.add_parser("serve", help="Ray Serve API over a trained run")
     r.add_argument("dir")
     r.add_argument("--host", default="127.0.0.1")
@@ -176,8 +194,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*")
     r.set_defaults(fn=cmd_serve)
 
-    r = sub.add_parser("bench", help="benchmarks: engines, actors, weightsync, labeling, orpo, pipeline")
-    r.add_argument("name", choices=["engines", "actors", "weightsync", "labeling", "orpo", "pipeline"])
+    r = sub.add_parser("bench", help="benchmarks: engines, actors, weightsync, labeling, orpo, fit, pipeline")
+    r.add_argument("name", choices=["engines", "actors", "weightsync", "labeling", "orpo", "fit", "pipeline"])
     r.add_argument("--out")
     r.add_argument("overrides", nargs="*")
     r.set_defaults(fn=cmd_bench)

@@ -51,10 +51,17 @@ class ModelConfig(_Base):
     cache_dir: str = ".cache/models"
 
 
+OpsRange = list[int]
+
+
 class ArithConfig(_Base):
-    data_seed: int = 0
-    min_ops: int = Field(2, ge=1)
-    max_ops: int = Field(5, ge=1)
+    """The embedded arith task. Each split has its own range of operations per problem: gold solutions
+    (M_0's SFT data) come from easier problems than the answer-only pool and the test set, so that
+    self-improvement has headroom (easy-to-hard; docs/RESULTS.md has the measurements behind the values)."""
+    data_seed: Optional[int] = None          # None: the run's seed (each seed draws its own splits)
+    sft_ops: OpsRange = [2, 3]                # [min, max] operations of the gold (SFT) problems
+    train_ops: OpsRange = [2, 5]              # the answer-only pool the policy improves on
+    eval_ops: OpsRange = [2, 5]               # validation and test problems
     max_value: int = Field(60, ge=10)
     n_sft: int = Field(1000, ge=1)
     n_train: int = Field(600, ge=1)
@@ -63,8 +70,33 @@ class ArithConfig(_Base):
 
     @model_validator(mode="after")
     def _ops(self):
-        if self.min_ops > self.max_ops:
-            raise ValueError(f"min_ops ({self.min_ops}) must be <= max_ops ({self.max_ops})")
+        for name in ("sft_ops", "train_ops", "eval_ops"):
+            r = getattr(self, name)
+            if len(r) != 2 or not 1 <= r[0] <= r[1] <= 12:
+                raise ValueError(f"{name} must be [min, max] with 1 <= min <= max <= 12 (got {r})")
+        return self
+
+    def ops(self, split: str) -> OpsRange:
+        return {"sft": self.sft_ops, "train": self.train_ops}.get(split, self.eval_ops)
+
+
+class VerifierConfig(_Base):
+    """The arith verifier (verifier.py): a larger tiny Llama trained on many more synthetic gold solutions
+    than the policy, our stand-in for the paper's 7B math simulator / PRM base. Cached by these values."""
+    model: TinyModelConfig = TinyModelConfig()
+    n_gold: int = Field(20000, ge=100)
+    ops: OpsRange = [1, 6]
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    warmup_steps: int = Field(50, ge=0)
+    n_holdout: int = Field(300, ge=1)         # held-out problems for its greedy accuracy (reported)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ops(self):
+        if len(self.ops) != 2 or not 1 <= self.ops[0] <= self.ops[1] <= 12:
+            raise ValueError(f"ops must be [min, max] with 1 <= min <= max <= 12 (got {self.ops})")
         return self
 
 
@@ -128,7 +160,7 @@ class PRMConfig(_Base):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     holdout: float = Field(0.08, ge=0, lt=1)
-    aggregate: Literal["mean", "min", "last"] = "mean"
+    aggregate: Literal["mean", "min", "last", "product"] = "mean"
     lora: LoraConfig = LoraConfig()
     load_in_4bit: bool = False                # 4-bit base + LoRA, as the paper's 7B PRM (CUDA only)
     max_len: int = Field(256, ge=16)
@@ -136,7 +168,10 @@ class PRMConfig(_Base):
 
 class PairsConfig(_Base):
     eta: float = Field(0.05, ge=0)            # minimum reward gap chosen - rejected (paper: 0.3 with a 7B PRM)
-    strategy: Literal["all", "max_gap", "top_m"] = "top_m"
+    # first_error (Step-DPO / Self-Explore): chosen and rejected share the prefix up to the rejected path's
+    # first step the PRM scores below step_threshold; the pair's prompt holds that prefix
+    strategy: Literal["all", "max_gap", "top_m", "first_error"] = "top_m"
+    step_threshold: float = Field(0.5, gt=0, lt=1)
     max_per_question: int = Field(4, ge=1)
     require_correct_chosen: bool = True       # never imitate (NLL) a path with a wrong final answer
     accumulate: bool = True                   # D_{k+1} = D_k U new (paper); False = new pairs only
@@ -223,7 +258,18 @@ class SIPFConfig(_Base):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     cluster: ClusterConfig = ClusterConfig()
+    verifier: VerifierConfig = VerifierConfig()
     storage: Optional[str] = None             # artifact root other than --out (path or URI)
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        if self.task.arith.data_seed is None:      # the run's seed draws the arith splits
+            self.task.arith.data_seed = self.seed
+        for key, val in (("labeling.simulator", self.labeling.simulator), ("prm.base", self.prm.base)):
+            if val == "verifier" and self.task.name != "arith":
+                raise ValueError(f"{key}=verifier: the built-in verifier exists for the arith task only "
+                                 f"(task.name={self.task.name!r}); give a model folder instead")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -4,8 +4,11 @@ For a sampled path with steps s_1..s_n, prefix i is s_1..s_i. The simulator (a g
 itself or a stronger model) completes a prefix K times; the step is correct when more than delta of the
 K completions reach the gold answer (hard label) or, as a soft label, the fraction that do.
 
-* A path whose own final answer is right proves all its prefixes right: no rollouts.
-* The complete path (its last step) needs no rollout either: its label is its own correctness.
+* With `skip_correct_paths`, a path whose own final answer is right counts as right all along: no rollouts
+  (Math-Shepherd's rule). Without it, answer-correct paths are probed too, because a small policy often
+  lands on the right answer through wrong steps ("lucky" paths, 33-75 % of its answer-correct samples on
+  arith): their last step is labelled right only when the steps before it are.
+* The complete path of a wrong answer needs no rollout: its last step is wrong.
 * Prefixes are deduplicated across the N paths of a question (they share beginnings).
 * `binary` mode assumes labels fall from right to wrong once and finds the first wrong step with
   O(log n) prefix probes instead of n (all paths probe in lock-step rounds, one batched call per round).
@@ -80,7 +83,7 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
     fractions: list[list[Optional[float]]] = []
     for s in samples:
         n = len(s["steps"])
-        if s["correct"] and skip_correct_paths:
+        if s["correct"] and (skip_correct_paths or n == 1):
             fractions.append([1.0] * n)
         else:   # the complete path is its own rollout
             fractions.append([None] * (n - 1) + [1.0 if s["correct"] else 0.0])
@@ -97,6 +100,8 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
             for i, f in enumerate(fr):
                 if f is None:
                     fr[i] = hits[(s["qid"], tuple(s["steps"][:i + 1]))] / k
+            if s["correct"] and any(f * k <= delta for f in fr[:-1]):
+                fr[-1] = min(fr[:-1])    # a right answer after a wrong step is luck, not a right step
     elif mode == "binary":
         _binary_search(samples, fractions, prober, delta, k)
     else:
@@ -120,13 +125,30 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
 
 
 def _binary_search(samples, fractions, prober: Prober, delta: int, k: int):
-    """First wrong step per path by bisection; steps before it right, from it on wrong."""
-    # Search range per path: first error lies in [lo, hi]; hi = n-1 is known wrong (wrong final answer).
-    state = {}
+    """First wrong step per path by bisection; steps before it right, from it on wrong.
+
+    Wrong answers: the last step is known wrong, the first error lies in [0, n-1]. Right answers (when
+    probed): one probe of the path without its answer line decides whether every step is right; if not,
+    the first error lies in [0, n-2] and the answer line is labelled wrong with it (a lucky answer)."""
+    state, probed = {}, {}
+    lucky = [j for j, (s, fr) in enumerate(zip(samples, fractions)) if s["correct"] and fr[0] is None]
+    if lucky:
+        keys = {j: (samples[j]["qid"], tuple(samples[j]["steps"][:-1])) for j in lucky}
+        hits = prober.hits(list(keys.values()))
+        for j in lucky:
+            n, h = len(samples[j]["steps"]), hits[keys[j]]
+            probed[j] = {n - 2: h / k}
+            if h > delta:
+                fractions[j][:] = [1.0] * (n - 2) + [h / k, 1.0]
+            else:
+                state[j] = [0, n - 2]
     for j, (s, fr) in enumerate(zip(samples, fractions)):
-        if fr[0] is None:  # not settled by the path's own correctness
-            state[j] = [0, len(s["steps"]) - 1]
-    probed: dict[int, dict[int, float]] = {j: {} for j in state}
+        if fr[0] is None and not s["correct"]:   # not settled by the path's own correctness
+            state[j], probed[j] = [0, len(s["steps"]) - 1], {}
+    for j, (lo, hi) in list(state.items()):
+        if lo >= hi:
+            _settle(fractions[j], lo, probed[j])
+            del state[j]
     while state:
         keys = {j: (samples[j]["qid"], tuple(samples[j]["steps"][:(lo + hi) // 2 + 1]))
                 for j, (lo, hi) in state.items()}
@@ -141,16 +163,21 @@ def _binary_search(samples, fractions, prober: Prober, delta: int, k: int):
             else:
                 hi = mid
             if lo >= hi:
-                first = lo
-                fr = fractions[j]
-                for i in range(len(fr)):
-                    if i in probed[j]:
-                        fr[i] = probed[j][i]
-                    elif i < len(fr) - 1:
-                        fr[i] = 1.0 if i < first else 0.0
+                _settle(fractions[j], lo, probed[j])
                 del state[j]
             else:
                 state[j] = [lo, hi]
+
+
+def _settle(fr: list, first: int, probed: dict):
+    """Labels of a path whose first wrong step is `first`: probed steps keep their measured fraction."""
+    for i in range(len(fr)):
+        if i in probed:
+            fr[i] = probed[i]
+        elif i >= first:
+            fr[i] = 0.0
+        else:
+            fr[i] = 1.0
 
 
 def agreement(labels_a: list[dict], labels_b: list[dict], key_a: str = "labels", key_b: str = "labels") -> float:

@@ -23,14 +23,66 @@ def _key(seed: int, qid: str, a: str, b: str) -> str:
     return hashlib.sha256(f"{seed}|{qid}|{a}|{b}".encode()).hexdigest()[:16]
 
 
+def first_error(step_scores, threshold: float, correct: bool) -> int:
+    """Index of the first step the PRM scores below threshold; a wrong answer with none is wrong at its
+    last step; -1 when every step looks right and the answer is right."""
+    for i, p in enumerate(step_scores):
+        if p < threshold:
+            return i
+    return -1 if correct else len(step_scores) - 1
+
+
+def first_error_pairs(g: pd.DataFrame, eta: float, max_per_question: int, require_correct_chosen: bool,
+                      threshold: float) -> list[tuple]:
+    """Step-level pairs (Step-DPO, Lai et al. 2024; Self-Explore, Hwang et al. 2024): for a rejected path
+    whose first error (by PRM step score) is step e, the chosen path is the best-rewarded sample of the
+    same question that shares its steps before e exactly, takes another step e, and scores that step as
+    right. Returns (gap, chosen index, rejected index, e), widest gaps first, each rejected path once."""
+    steps = [list(x) for x in g.steps]
+    firsts = [first_error(list(sc), threshold, bool(c)) for sc, c in zip(g.step_scores, g.correct)]
+    cands = []
+    for j in range(len(g)):
+        e = firsts[j]
+        if e < 0:
+            continue
+        best = None
+        for i in range(len(g)):            # g is sorted by reward: the first match is the best chosen
+            gap = float(g.reward[i] - g.reward[j])
+            if i == j or gap + 1e-12 < eta or gap <= 0:
+                continue
+            if require_correct_chosen and not bool(g.correct[i]):
+                continue
+            if len(steps[i]) <= e or steps[i][:e] != steps[j][:e] or steps[i][e] == steps[j][e]:
+                continue
+            if 0 <= firsts[i] <= e:         # the chosen path must be right up to and including step e
+                continue
+            best = (gap, i, j, e)
+            break
+        if best:
+            cands.append(best)
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return cands[:max_per_question]
+
+
 def pairs_for_question(group: pd.DataFrame, eta: float, strategy: str, max_per_question: int,
-                       require_correct_chosen: bool, seed: int, iteration: int) -> pd.DataFrame:
+                       require_correct_chosen: bool, seed: int, iteration: int,
+                       step_threshold: float = 0.5) -> pd.DataFrame:
     """All (better, worse) paths of one question with reward gap >= eta, then thinned by strategy.
 
     all:     every such pair.   max_gap: the single widest pair.
     top_m:   the widest pairs first, each path chosen at most once and rejected at most once, up to M.
+    first_error: step-level pairs that share the prefix before the rejected path's first error
+             (first_error_pairs); the prefix moves into the prompt, chosen / rejected are the continuations.
     """
     g = group.sort_values(["reward", "id"], ascending=[False, True]).reset_index(drop=True)
+    if strategy == "first_error":
+        rows = []
+        for gap, i, j, e in first_error_pairs(g, eta, max_per_question, require_correct_chosen, step_threshold):
+            ci, ri = g.iloc[i], g.iloc[j]
+            prefix = "".join(st + "\n" for st in list(ri.steps)[:e])
+            rows.append(_pair_row(seed, iteration, ci, ri, gap, ci.prompt + prefix,
+                                  "\n".join(list(ci.steps)[e:]), "\n".join(list(ri.steps)[e:])))
+        return pd.DataFrame(rows, columns=COLUMNS)
     cands = []
     for i in range(len(g)):
         for j in range(i + 1, len(g)):
@@ -54,25 +106,32 @@ def pairs_for_question(group: pd.DataFrame, eta: float, strategy: str, max_per_q
             if len(keep) >= max_per_question:
                 break
         cands = keep
-    rows = []
-    for gap, i, j in cands:
-        ci, ri = g.iloc[i], g.iloc[j]
-        rows.append({"pair_key": _key(seed, str(ci.qid), str(ci.id), str(ri.id)), "qid": str(ci.qid),
-                     "iteration": iteration, "prompt": ci.prompt, "chosen": ci.path, "rejected": ri.path,
-                     "chosen_reward": float(ci.reward), "rejected_reward": float(ri.reward), "gap": gap,
-                     "chosen_id": str(ci.id), "rejected_id": str(ri.id), "chosen_correct": bool(ci.correct),
-                     "rejected_correct": bool(ri.correct)})
+    rows = [_pair_row(seed, iteration, g.iloc[i], g.iloc[j], gap, g.prompt[i], g.path[i], g.path[j])
+            for gap, i, j in cands]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _pair_row(seed: int, iteration: int, ci, ri, gap: float, prompt: str, chosen: str, rejected: str) -> dict:
+    return {"pair_key": _key(seed, str(ci.qid), str(ci.id), str(ri.id)), "qid": str(ci.qid),
+            "iteration": iteration, "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "chosen_reward": float(ci.reward), "rejected_reward": float(ri.reward), "gap": gap,
+            "chosen_id": str(ci.id), "rejected_id": str(ri.id), "chosen_correct": bool(ci.correct),
+            "rejected_correct": bool(ri.correct)}
+
+
 def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy: str, max_per_question: int,
-                require_correct_chosen: bool, seed: int, iteration: int, num_shards: int) -> dict:
-    """Run the Ray Data pipeline; write parquet shards into out_dir; return counts."""
+                require_correct_chosen: bool, seed: int, iteration: int, num_shards: int,
+                step_threshold: float = 0.5) -> dict:
+    """Run the Ray Data pipeline; write parquet shards into out_dir; return counts.
+
+    scored: rows with id, qid, prompt, path, reward, correct (first_error also needs steps, step_scores)."""
     out_dir = Path(out_dir)
     if not scored:
         out_dir.mkdir(parents=True, exist_ok=True)
         return {"pairs": 0, "questions_with_pairs": 0, "shards": 0}
     cols = ["id", "qid", "prompt", "path", "reward", "correct"]
+    if strategy == "first_error":
+        cols += ["steps", "step_scores"]
     # The default hash shuffle starts ~200 aggregator actors: 25 s for a few thousand rows on 2 cores.
     # The pull-based sort shuffle uses plain tasks: 2 s for the same job, same result.
     ray.data.DataContext.get_current().shuffle_strategy = "sort_shuffle_pull_based"
@@ -81,7 +140,7 @@ def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy
                .map_groups(pairs_for_question, batch_format="pandas",
                            fn_kwargs=dict(eta=eta, strategy=strategy, max_per_question=max_per_question,
                                           require_correct_chosen=require_correct_chosen, seed=seed,
-                                          iteration=iteration))
+                                          iteration=iteration, step_threshold=step_threshold))
                .sort("pair_key"))
     pairs = pairs.materialize()
     n = pairs.count()

@@ -89,7 +89,7 @@ def prepare(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> Context
 
 def engine_spec(cfg: C.SIPFConfig, model_dir: str):
     from .engines.base import EngineSpec
-    from .trainer import read_policy_meta
+    from .policy_folder import read_policy_meta
     meta = read_policy_meta(model_dir)
     base = meta.get("base", model_dir) if meta["kind"] == "adapter" else model_dir
     max_len = cfg.model.tiny.max_len if cfg.model.source == "tiny" else cfg.train.max_len + cfg.sampling.max_tokens
@@ -104,7 +104,7 @@ def make_pool(cfg: C.SIPFConfig, folder: str | Path):
     """Generators holding `folder`: built on its weights, or on its base with the adapter pushed as v1
     (an engine built on the base alone would silently generate with the base model)."""
     from .actors import GeneratorPool
-    from .trainer import read_policy_meta
+    from .policy_folder import read_policy_meta
     from .weights import push_policy
     cl = cfg.cluster
     pool = GeneratorPool(engine_spec(cfg, str(folder)), cl.generator_replicas, cl.generator_cpus,
@@ -147,7 +147,16 @@ def load_policy(ctx: Context, folder: Path):
             replicas=rep.replicas)
 
 
+def warm_trainer(ctx: Context):
+    """Start the run's Ray Train session now: its workers come up while the driver does other work."""
+    from .trainer import session
+    cl = ctx.cfg.cluster
+    session(train_storage(ctx), cl.train_workers, cl.train_cpus, cl.train_gpus)
+
+
 def shutdown(ctx: Context):
+    from .trainer import close_session
+    close_session()
     for p in (ctx.pool, ctx.simulator):
         if p is not None:
             p.shutdown()
@@ -177,7 +186,6 @@ def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, h
     from .trainer import FitJob, fit
     cfg = ctx.cfg
     ds = ds_rows_or_ds if not isinstance(ds_rows_or_ds, list) else ray.data.from_items(ds_rows_or_ds)
-    n_rows = ds.count()
     hp = {"max_len": cfg.train.max_len, "max_prompt_len": cfg.train.max_prompt_len} | hp
     lora = None
     if cfg.model.lora.enabled and not init_adapter:
@@ -185,7 +193,7 @@ def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, h
         lora = {"r": lc.r, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": lc.target_modules}
     job = FitJob(name=name, storage=train_storage(ctx), init_model=str(init), out_dir=str(out),
                  objective=objective, hp=hp, seed=stage_seed(cfg.seed, name),
-                 workers=train_workers(cfg, n_rows, hp["batch_size"]),
+                 workers=cfg.cluster.train_workers,
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
                  threads=cfg.cluster.train_threads, lora=lora, init_adapter=init_adapter, validate=validate,
                  extra={"load_in_4bit": cfg.model.load_in_4bit})
@@ -195,11 +203,6 @@ def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, h
 def train_storage(ctx: Context) -> str:
     """Ray Train checkpoints: beside the run, or in the bucket when the run is mirrored to one."""
     return f"{ctx.cfg.storage.rstrip('/')}/ray_train" if ctx.cfg.storage else str(ctx.root / "ray_train")
-
-
-def train_workers(cfg: C.SIPFConfig, n_rows: int, batch_size: int) -> int:
-    """DDP workers for a fit: as configured, but never so many that a worker's batch would be tiny."""
-    return max(1, min(cfg.cluster.train_workers, n_rows // max(1, min(batch_size, 8))))
 
 
 def build_m0(ctx: Context) -> dict:
@@ -248,7 +251,8 @@ def stage_eval(ctx: Context, it: Path, led: Ledger, policy: Path, label: str) ->
     write_json(it / "eval.json", res)
     led.mark("eval", ["eval.json"], seconds=res["seconds"])
     ctx.metrics.eval(res["accuracy"])
-    summary(f"eval {label}", res["seconds"], n=res["n"], accuracy=res["accuracy"])
+    summary(f"eval {label}", res["seconds"], n=res["n"], accuracy=res["accuracy"],
+            **({"strict": res["strict_accuracy"]} if "strict_accuracy" in res else {}))
     return res
 
 
@@ -269,6 +273,7 @@ def stage_sample(ctx: Context, it: Path, led: Ledger, method: str, k: int) -> li
     led.mark("sample", ["samples.jsonl"], seconds=dt, **st)
     ctx.metrics.sampled(st, dt)
     summary("sample", dt, paths=st["kept"], generated=st["generated"], correct=st["correct"],
+            **({"false_positives": st["false_positive_rate"]} if "false_positive_rate" in st else {}),
             tok_per_s=st["tokens"] / max(dt, 1e-9))
     return samples
 
@@ -296,13 +301,23 @@ def stage_label(ctx: Context, it: Path, led: Ledger, samples: list[dict], method
     return rows
 
 
+def model_source(ctx: Context, name: str) -> str:
+    """A model named in the config: 'verifier' (built once and cached), 'smollm2', or a folder / hub id."""
+    if name == "verifier":
+        from .verifier import ensure_verifier
+        return str(ensure_verifier(ctx.cfg, train_storage(ctx)))
+    from .models import resolve_source
+    return resolve_source(name, ctx.cfg.model.cache_dir)
+
+
 def ensure_simulator(ctx: Context):
     lc = ctx.cfg.labeling
     if lc.simulator == "policy":
         return ensure_pool(ctx)
     if ctx.simulator is None:
-        from .models import resolve_source
-        ctx.simulator = make_pool(ctx.cfg, resolve_source(lc.simulator, ctx.cfg.model.cache_dir))
+        t0 = time.time()
+        ctx.simulator = make_pool(ctx.cfg, model_source(ctx, lc.simulator))
+        summary("simulator", time.time() - t0, model=lc.simulator, replicas=ctx.cfg.cluster.generator_replicas)
     return ctx.simulator
 
 
@@ -317,7 +332,8 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
         return it / "prm"
     import ray.data
 
-    from .trainer import FitJob, fit, read_policy_meta
+    from .policy_folder import read_policy_meta
+    from .trainer import FitJob, fit
     cfg, pc, t0 = ctx.cfg, ctx.cfg.prm, time.time()
     held = split_holdout([r["qid"] for r in labels], pc.holdout, cfg.seed)
     train_rows = [{"prompt": ctx.task.prompt(ctx.by_id[r["qid"]]), "steps": r["steps"], "labels": r["labels"],
@@ -326,8 +342,7 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
         meta = read_policy_meta(policy)
         base = meta.get("base", str(policy)) if meta["kind"] == "adapter" else str(policy)
     else:
-        from .models import resolve_source
-        base = resolve_source(pc.base, cfg.model.cache_dir)
+        base = model_source(ctx, pc.base)
     ds = ray.data.from_items(train_rows)
     lora = None
     if pc.lora.enabled:
@@ -338,7 +353,7 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
                  objective="prm", hp={"lr": pc.lr, "epochs": pc.epochs, "batch_size": pc.batch_size,
                                       "warmup_steps": 10, "min_lr_ratio": 0.1, "max_len": pc.max_len,
                                       "soft": cfg.labeling.soft},
-                 seed=stage_seed(cfg.seed, name), workers=train_workers(cfg, len(train_rows), pc.batch_size),
+                 seed=stage_seed(cfg.seed, name), workers=cfg.cluster.train_workers,
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
                  threads=cfg.cluster.train_threads, lora=lora, extra={"load_in_4bit": pc.load_in_4bit})
     res = fit(job, {"train": ds})
@@ -356,7 +371,8 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
                 method: str, k: int) -> list[dict]:
     if led.done("score"):
         return read_jsonl(it / "scored.jsonl")
-    from .prm import aggregate, auc, scorer_pool
+    from .actors import scorer_pool
+    from .prm import aggregate, auc
     cfg, t0 = ctx.cfg, time.time()
     if ctx.scorers is None:
         cl = cfg.cluster
@@ -367,7 +383,7 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     scored = []
     for s, sc in zip(samples, step_scores):
         scored.append({"id": s["id"], "qid": s["qid"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]),
-                       "path": s["path"], "correct": s["correct"], "step_scores": sc,
+                       "path": s["path"], "steps": s["steps"], "correct": s["correct"], "step_scores": sc,
                        "reward": aggregate(sc, cfg.prm.aggregate)})
     write_jsonl(it / "scored.jsonl", scored)
     # PRM quality: step AUC on held-out questions against MC labels and the oracle (when there is one).
@@ -391,7 +407,8 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
 
 def outcome_scores(samples: list[dict], ctx: Context) -> list[dict]:
     return [{"id": s["id"], "qid": s["qid"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "path": s["path"],
-             "correct": s["correct"], "step_scores": [], "reward": 1.0 if s["correct"] else 0.0} for s in samples]
+             "steps": s["steps"], "correct": s["correct"], "step_scores": [], "reward": 1.0 if s["correct"] else 0.0}
+            for s in samples]
 
 
 def stage_pairs(ctx: Context, it: Path, led: Ledger, scored: list[dict], method: str, k: int) -> dict:
@@ -400,9 +417,12 @@ def stage_pairs(ctx: Context, it: Path, led: Ledger, scored: list[dict], method:
     from .pairs import build_pairs
     cfg, pc, t0 = ctx.cfg, ctx.cfg.pairs, time.time()
     eta = pc.eta if method != "outcome" else 0.5     # outcome rewards are 0/1: any right-vs-wrong pair
-    st = build_pairs(scored, it / "pairs", eta=eta, strategy=pc.strategy, max_per_question=pc.max_per_question,
+    # outcome feedback has no step scores: its pairs are whole paths (right vs wrong answer)
+    strategy = "top_m" if method == "outcome" and pc.strategy == "first_error" else pc.strategy
+    st = build_pairs(scored, it / "pairs", eta=eta, strategy=strategy, max_per_question=pc.max_per_question,
                      require_correct_chosen=pc.require_correct_chosen and method != "outcome",
-                     seed=stage_seed(cfg.seed, method, k, "pairs"), iteration=k, num_shards=pc.num_shards)
+                     seed=stage_seed(cfg.seed, method, k, "pairs"), iteration=k, num_shards=pc.num_shards,
+                     step_threshold=pc.step_threshold)
     dt = time.time() - t0
     led.mark("pairs", ["pairs"], seconds=dt, **st)
     ctx.metrics.pairs(st["pairs"])
@@ -437,7 +457,7 @@ def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: 
     import ray.data
 
     from .pairs import training_dataset
-    from .trainer import read_policy_meta
+    from .policy_folder import read_policy_meta
     cfg, tc, t0 = ctx.cfg, ctx.cfg.train, time.time()
     dirs = [mdir / f"iter_{j:02d}" / "pairs" for j in range(1, k + 1)] if cfg.pairs.accumulate else [it / "pairs"]
     objective = {"sipf": tc.loss, "sipf-dpo": "dpo", "outcome": tc.loss, "rft": "sft"}[method]
@@ -540,7 +560,10 @@ def iteration_record(it: Path, k: int) -> dict:
     ev = read_json(it / "eval.json")
     led = Ledger(it)
     rec = {"k": k, "accuracy": ev["accuracy"], "n": ev["n"]}
-    for stage, keys in (("sample", ("kept", "correct")), ("label", ("rollouts", "positives")),
+    if "strict_accuracy" in ev:
+        rec["strict_accuracy"] = ev["strict_accuracy"]
+    for stage, keys in (("sample", ("kept", "correct", "strict", "false_positive_rate")),
+                        ("label", ("rollouts", "positives")),
                         ("pairs", ("pairs",)), ("train", ("steps",))):
         figs = led.get(stage)
         for key in keys:
@@ -577,6 +600,7 @@ def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
     ctx = prepare(cfg, out, resume)   # config and data problems surface before any cluster work
     init_ray(cfg.cluster.num_cpus or max(8, 2 * (os.cpu_count() or 1)))
     try:
+        warm_trainer(ctx)
         build_m0(ctx)
         main = run_method(ctx, cfg.method)
         baselines = {}

@@ -9,11 +9,9 @@ last as options).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
-import ray
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +76,8 @@ def prm_loss(model, b: dict) -> tuple[torch.Tensor, dict]:
 
 
 def aggregate(step_scores: list[float], how: str) -> float:
+    """Path reward from per-step P(correct): mean (the SIPF paper), min, last step, or product (the
+    probability that every step is right, if steps were independent; Lightman et al. 2023)."""
     if not step_scores:
         return 0.0
     if how == "mean":
@@ -86,7 +86,9 @@ def aggregate(step_scores: list[float], how: str) -> float:
         return float(min(step_scores))
     if how == "last":
         return float(step_scores[-1])
-    raise ValueError(f"prm.aggregate must be mean, min or last (got {how!r})")
+    if how == "product":
+        return float(np.prod(step_scores))
+    raise ValueError(f"prm.aggregate must be mean, min, last or product (got {how!r})")
 
 
 class PRMModel:
@@ -95,7 +97,7 @@ class PRMModel:
     def __init__(self, folder: str, max_len: int = 512, threads: Optional[int] = None, device: str = "cpu"):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-        from .trainer import read_policy_meta
+        from .policy_folder import read_policy_meta
         if threads:
             torch.set_num_threads(threads)
         meta = read_policy_meta(folder)
@@ -128,34 +130,6 @@ class PRMModel:
             for j, (_, pos) in enumerate(enc):
                 out.append([float(probs[j, p]) if p >= 0 else 0.0 for p in pos])
         return out
-
-
-@ray.remote
-class PRMScorer:
-    """A PRM replica; `load` swaps in the PRM of a new iteration without restarting the actor."""
-
-    def __init__(self, replica: int, threads: int = 1):
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        self.replica, self.threads, self.prm, self.folder = replica, threads, None, ""
-
-    def load(self, folder: str, max_len: int = 512) -> str:
-        self.prm = PRMModel(folder, max_len=max_len, threads=self.threads,
-                            device="cuda" if torch.cuda.is_available() else "cpu")
-        self.folder = folder
-        return folder
-
-    def score(self, items: list[dict]) -> list[list[float]]:
-        if self.prm is None:
-            raise RuntimeError(f"PRM scorer {self.replica}: no PRM loaded")
-        return self.prm.score(items)
-
-    def info(self) -> dict:
-        return {"replica": self.replica, "folder": self.folder, "pid": os.getpid()}
-
-
-def scorer_pool(replicas: int, cpus: float, gpus: float = 0.0, threads: int = 1, strategy: str = "PACK"):
-    from .actors import ReplicaPool
-    return ReplicaPool(PRMScorer, lambda i: (i, threads), replicas, cpus, gpus, strategy, name="prm-scorer")
 
 
 def auc(scores: list[float], labels: list[int]) -> float:

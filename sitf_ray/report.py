@@ -17,42 +17,81 @@ def method_rows(results: dict) -> list[tuple[str, list[dict]]]:
     return rows
 
 
+def _has_strict(rows) -> bool:
+    return all("strict_accuracy" in r for _, its in rows for r in its)
+
+
 def table(results: dict) -> str:
-    """Accuracy per iteration per method, M_0 first, as a fixed-width text table."""
+    """Accuracy per iteration per method, M_0 first, as a fixed-width text table (strict accuracy below it
+    for tasks with a step oracle)."""
     rows = method_rows(results)
     k_max = max(len(it) for _, it in rows) - 1
     head = f"{'method':<34} " + " ".join(f"{'iter ' + str(k):>8}" for k in range(k_max + 1)) + f" {'gain':>7}"
     lines = [head, "-" * len(head)]
-    for m, its in rows:
-        accs = [f"{100 * r['accuracy']:8.1f}" for r in its] + [" " * 8] * (k_max + 1 - len(its))
-        gain = 100 * (its[-1]["accuracy"] - its[0]["accuracy"])
-        lines.append(f"{LABELS.get(m, m):<34} " + " ".join(accs) + f" {gain:+7.1f}")
+    keys = [("accuracy", "test accuracy %")] + ([("strict_accuracy", "strict accuracy % (answer and every "
+                                                  "step right)")] if _has_strict(rows) else [])
+    for key, title in keys:
+        if key != "accuracy":
+            lines.append(f"{title}:")
+        for m, its in rows:
+            accs = [f"{100 * r[key]:8.1f}" for r in its] + [" " * 8] * (k_max + 1 - len(its))
+            gain = 100 * (its[-1][key] - its[0][key])
+            lines.append(f"{LABELS.get(m, m):<34} " + " ".join(accs) + f" {gain:+7.1f}")
     n = rows[0][1][0].get("n")
-    lines.append(f"(test accuracy %, {results['task']}, n={n}; iter 0 = M_0, SFT to convergence)")
+    se = binomial_se(rows[0][1][0]["accuracy"], n) if n else float("nan")
+    lines.append(f"(test accuracy %, {results['task']}, n={n}, one standard error {100 * se:.1f} points; "
+                 f"iter 0 = M_0, SFT to convergence)")
     return "\n".join(lines)
 
 
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n questions (binomial)."""
+    return math.sqrt(max(p * (1 - p), 0.0) / max(1, n))
+
+
 def seeds_table(results: list[dict]) -> str:
-    """Mean +- sd over several runs (seeds) of the same config: final accuracy and gain over M_0."""
+    """Mean +- sd over several runs (seeds) of the same config: final accuracy (and strict accuracy where
+    the task has a step oracle) and the gain over M_0."""
     import statistics
     by_method: dict = {}
     for res in results:
         for m, its in method_rows(res):
             by_method.setdefault(m, []).append(its)
     sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-    lines = [f"{'method':<34} {'final acc %':>14} {'gain vs M_0':>14} {'per seed (final)':>28}", "-" * 94]
-    for m, runs in by_method.items():
-        finals = [100 * its[-1]["accuracy"] for its in runs]
-        gains = [100 * (its[-1]["accuracy"] - its[0]["accuracy"]) for its in runs]
-        lines.append(f"{LABELS.get(m, m):<34} {statistics.mean(finals):8.1f} ± {sd(finals):3.1f} "
-                     f"{statistics.mean(gains):+8.1f} ± {sd(gains):3.1f} "
-                     f"{', '.join(f'{x:.1f}' for x in finals):>28}")
-    m0 = [100 * its[0]["accuracy"] for its in by_method[results[0]["method"]]]
-    lines.append(f"{'M_0 (SFT to convergence)':<34} {statistics.mean(m0):8.1f} ± {sd(m0):3.1f} {'':>16}"
-                 f"{', '.join(f'{x:.1f}' for x in m0):>28}")
+    strict = all(_has_strict(method_rows(r)) for r in results)
+    lines = []
+    for key in ["accuracy"] + (["strict_accuracy"] if strict else []):
+        title = "final acc %" if key == "accuracy" else "final strict %"
+        lines += [f"{'method':<34} {title:>14} {'gain vs M_0':>14} {'per seed (final)':>28}", "-" * 94]
+        for m, runs in by_method.items():
+            finals = [100 * its[-1][key] for its in runs]
+            gains = [100 * (its[-1][key] - its[0][key]) for its in runs]
+            lines.append(f"{LABELS.get(m, m):<34} {statistics.mean(finals):8.1f} ± {sd(finals):3.1f} "
+                         f"{statistics.mean(gains):+8.1f} ± {sd(gains):3.1f} "
+                         f"{', '.join(f'{x:.1f}' for x in finals):>28}")
+        m0 = [100 * its[0][key] for its in by_method[results[0]["method"]]]
+        lines.append(f"{'M_0 (SFT to convergence)':<34} {statistics.mean(m0):8.1f} ± {sd(m0):3.1f} {'':>16}"
+                     f"{', '.join(f'{x:.1f}' for x in m0):>28}")
+        lines.append("")
     lines.append(f"({len(results)} seeds: "
                  f"{', '.join(str(r['seed']) for r in results)}; test n={results[0]['iterations'][0].get('n')})")
     return "\n".join(lines)
+
+
+def write_seeds_report(dirs: list[str | Path], out: str | Path) -> Path:
+    """Several seeds of one config: seeds.md (mean +- sd table) and plots/accuracy.png (sd error bars)."""
+    out = Path(out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    results = [read_json(Path(d) / "results.json") for d in dirs]
+    made = []
+    try:
+        made = [_accuracy_plot(results, out / "plots" / "accuracy.png")]
+    except Exception as e:   # a plot never breaks a report
+        print(f"[report] plot skipped: {e}")
+    md = [f"# {len(results)} seeds: {results[0]['method']} on {results[0]['task']} ({results[0]['model']})", "",
+          "```", seeds_table(results), "```", "", "Runs: " + ", ".join(str(d) for d in dirs), ""]
+    md += [f"![{p.stem}](plots/{p.name})" for p in made]
+    return atomic_write_text(out / "seeds.md", "\n".join(md) + "\n")
 
 
 def write_report(root: str | Path) -> Path:
@@ -81,17 +120,7 @@ def _plots(root: Path, results: dict, plots: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    made = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m, its in method_rows(results):
-        ax.plot([r["k"] for r in its], [100 * r["accuracy"] for r in its], marker="o", label=LABELS.get(m, m))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    made.append(_save(fig, plots / "accuracy.png"))
-    plt.close(fig)
+    made = [_accuracy_plot([results], plots / "accuracy.png")]
 
     # PRM calibration (last iteration with scores): predicted P(correct) vs observed label rate.
     scored = sorted(root.glob("iter_*/scored.jsonl"))
@@ -148,6 +177,46 @@ def _plots(root: Path, results: dict, plots: Path) -> list[Path]:
         made.append(_save(fig, plots / "labels_and_stages.png"))
         plt.close(fig)
     return made
+
+
+def _accuracy_plot(results: list[dict], path: Path) -> Path:
+    """Accuracy (solid) and strict accuracy (dashed) per iteration and method. Error bars: the binomial
+    standard error of each point for one run, the sd over runs (seeds) for several."""
+    import statistics
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods = [m for m, _ in method_rows(results[0])]
+    strict = all(_has_strict(method_rows(r)) for r in results)
+    for idx, m in enumerate(methods):
+        runs = [dict(method_rows(r))[m] for r in results if m in dict(method_rows(r))]
+        color = f"C{idx}"
+        for key, style in [("accuracy", "-")] + ([("strict_accuracy", "--")] if strict else []):
+            ks = [r["k"] for r in runs[0]]
+            vals = [[100 * its[j][key] for its in runs if j < len(its)] for j in range(len(ks))]
+            ys = [statistics.mean(v) for v in vals]
+            if len(runs) > 1:
+                err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            else:
+                err = [100 * binomial_se(r[key], r.get("n", 0)) for r in runs[0]]
+            label = LABELS.get(m, m) + ("" if key == "accuracy" else " (strict)")
+            shift = 0.05 * (idx - (len(methods) - 1) / 2)     # methods side by side: error bars stay readable
+            ax.errorbar([k + shift for k in ks], ys, yerr=err, marker="o" if key == "accuracy" else "s", linestyle=style, color=color,
+                        capsize=3, label=label, alpha=1.0 if key == "accuracy" else 0.75)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration (0 = M_0)")
+    ax.set_ylabel("test accuracy (%)")
+    bars = "sd over %d seeds" % len(results) if len(results) > 1 else "binomial standard error"
+    ax.set_title(f"{results[0]['task']}: accuracy{' and strict accuracy' if strict else ''} ({bars})", fontsize=9)
+    ax.legend(fontsize=6.5)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def _save(fig, path: Path) -> Path:

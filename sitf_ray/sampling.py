@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import difflib
 
+from typing import Optional
+
 from .engines.base import GenParams
 from .tasks.base import Task
 
@@ -56,8 +58,23 @@ def sample_paths(pool, task: Task, rows: list[dict], n: int, temperature: float,
         s["correct"] = ok
     stats["correct"] = sum(s["correct"] for s in samples)
     stats["questions_with_correct"] = len({s["qid"] for s in samples if s["correct"]})
+    strict = strict_all(task, [by_id[s["qid"]] for s in samples], [s["path"] for s in samples],
+                        [s["correct"] for s in samples])
+    if strict is not None:      # how many answer-correct paths hold a wrong step (what outcome feedback misses)
+        for s, ok in zip(samples, strict):
+            s["strict"] = ok
+        stats["strict"] = sum(strict)
+        stats["false_positive_rate"] = (stats["correct"] - stats["strict"]) / max(1, stats["correct"])
     stats["kept"] = len(samples)
     return samples, stats
+
+
+def strict_all(task: Task, rows: list[dict], texts: list[str], correct: list[bool]) -> Optional[list[bool]]:
+    """Strictly correct: the final answer AND every step right by the task's exact step oracle (Uesato et
+    al. 2022's trace error, inverted); None for tasks without an oracle. correct: check_all's answers."""
+    if task.step_oracle is None:
+        return None
+    return [bool(ok) and all(task.step_oracle(r, task.split_steps(t))) for r, t, ok in zip(rows, texts, correct)]
 
 
 def check_all(task: Task, rows: list[dict], texts: list[str]) -> list[bool]:

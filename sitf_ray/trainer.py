@@ -1,21 +1,28 @@
-"""The one Ray Train loop behind every update: M_0 SFT, ORPO / DPO / RFT policy updates, and the PRM.
+"""Driver side of every update (M_0 SFT, ORPO / DPO / RFT policy updates, the PRM): one Ray Train session
+fed with jobs.
 
-    result = fit(FitJob(...), datasets={"train": ray_dataset})
+    result = fit(FitJob(...), {"train": ray_dataset})
 
-Workers (TorchTrainer, DDP over gloo on CPU / NCCL on GPU) read their shard of the tokenised Ray Dataset,
-pad batches locally, and step AdamW with warm-up + cosine decay and gradient accumulation; full fine-tune
-or LoRA (peft). Every `ckpt_every` epochs rank 0 reports a checkpoint (model, optimizer, scheduler, epoch)
-through `ray.train.report`, so a worker crash (FailureConfig) or a re-run of the same job after a driver
-crash resumes from it. The last report carries the final model folder, which the driver copies to
-`out_dir` atomically. With `validate`, the loop measures greedy accuracy every few epochs, keeps the best
-weights and stops when accuracy is flat for `patience` checks: training "to convergence".
+Why a session: a `TorchTrainer.fit()` spends 14-27 s starting (controller, worker processes importing
+torch and transformers, process group, dataset split coordinator) before its first step, and a quickstart
+runs a dozen small fits. A `TrainSession` is ONE `TorchTrainer.fit()` whose train loop
+(`train_loop.session_loop`) takes job after job from a `JobBoard` actor: the workers, their imports and
+the DDP process group are paid for once per run. Ray Train stays the engine of every update: its workers
+(TorchTrainer, DDP over gloo / NCCL), its checkpoints (`ray.train.report`, per epoch, named by job) and its
+failure handling (FailureConfig: a dead worker group is replaced and the running job resumes from its last
+epoch checkpoint).
+
+Each job's rows come from a Ray Dataset that the driver materialises and splits into one equal shard per
+worker (`Dataset.split(equal=True)`, order preserved, so a re-run sees the same split); with fewer rows
+than workers every worker gets all rows (DDP then averages identical gradients). The final model is
+reported as checkpoint `<job>__final` under the session's storage; `fit` copies it to `out_dir`. A job
+whose final checkpoint already exists (the driver died after training finished) is handed back at once.
 """
 from __future__ import annotations
 
+import atexit
 import json
-import math
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -25,12 +32,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-POLICY_META = "sitf_policy.json"
+import ray
+
+from .train_loop import final_checkpoint_name
+
+SESSION_NAME = "train-session"     # one per storage folder (a run's ray_train/); stable across driver restarts
+
+
+class FitError(RuntimeError):
+    """A fit failed on a training worker; the message names the job and carries the worker's traceback."""
 
 
 @dataclass
 class FitJob:
-    name: str                         # unique per fit; re-running the same name resumes it
+    name: str                         # unique per fit within its storage; re-running a finished name hands it back
     storage: str                      # Ray Train storage path (local folder or bucket URI)
     init_model: str                   # HF folder to start from
     out_dir: str                      # the final model folder lands here
@@ -43,9 +58,9 @@ class FitJob:
     threads: int = 1
     lora: Optional[dict] = None       # peft LoraConfig kwargs; None = full fine-tune
     init_adapter: Optional[str] = None  # continue training this adapter (LoRA policies)
-    validate: Optional[dict] = None   # {'task','task_cfg','rows','every','patience','min_delta','max_tokens'}
+    validate: Optional[dict] = None   # {'task','rows','every','patience','min_delta','max_tokens','min_epochs'}
     ckpt_every: int = 1
-    max_failures: int = 2
+    max_failures: int = 2             # worker-group restarts the session may use (FailureConfig)
     extra: dict = field(default_factory=dict)
 
 
@@ -57,48 +72,232 @@ class FitResult:
     seconds: float
     history: list
     best: Optional[dict] = None
+    first_step_at: Optional[float] = None   # wall clock (time.time()) of the first optimizer step (this run)
+    last_step_at: Optional[float] = None
 
 
-def fit(job: FitJob, datasets: dict) -> FitResult:
-    t0 = time.time()
-    with step_progress(job.name) as queue:
-        result = _fit(job, datasets, queue)
-    ckpt = result.checkpoint
+# ------------------------------------------------------------------------------------------ job board
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class JobBoard:
+    """The session's job queue. The driver posts jobs and waits for their outcome; every worker takes the
+    oldest unfinished job; rank 0 finishes it, any rank may fail it. Blocking calls time out so callers can
+    notice shutdowns."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.queue: list[dict] = []          # unfinished jobs, oldest first: {'seq','job','shards'}
+        self.outcomes: dict[int, dict] = {}
+        self.seq = 0
+        self.first_take: Optional[float] = None    # when a worker first asked for work: the session is up
+
+    def ready_at(self) -> Optional[float]:
+        return self.first_take
+
+    def post(self, job: dict, shards: list) -> int:
+        with self.cond:
+            self.seq += 1
+            self.queue.append({"seq": self.seq, "job": job, "shards": shards})
+            self.cond.notify_all()
+            return self.seq
+
+    def take(self, after: int, timeout: float) -> Optional[dict]:
+        """The oldest unfinished job with seq > after (a restarted worker passes -1: the job it was on)."""
+        deadline = time.time() + timeout
+        if self.first_take is None:
+            self.first_take = time.time()
+        with self.cond:
+            while True:
+                for item in self.queue:
+                    if item["seq"] > after:
+                        return item
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def finish(self, seq: int, outcome: dict) -> None:
+        self._end(seq, outcome)
+
+    def fail(self, seq: int, rank: int, error: str) -> None:
+        self._end(seq, {"error": f"worker rank {rank}: {error}"})
+
+    def _end(self, seq: int, outcome: dict) -> None:
+        with self.cond:
+            self.queue = [i for i in self.queue if i["seq"] != seq]
+            self.outcomes.setdefault(seq, outcome)     # the first word on a job stands
+            self.cond.notify_all()
+
+    def outcome(self, seq: int, timeout: float) -> Optional[dict]:
+        deadline = time.time() + timeout
+        with self.cond:
+            while seq not in self.outcomes:
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            return self.outcomes.pop(seq)
+
+
+# ---------------------------------------------------------------------------------------------- session
+
+class TrainSession:
+    """One long-lived TorchTrainer.fit() (in a driver thread) that runs FitJobs one after another.
+
+    Shape (storage, workers, CPUs/GPUs per worker) is fixed per session; `fit` starts a new session when a
+    job needs another shape. Raises FitError (job failed on a worker, or the session died) from `run`.
+    """
+
+    def __init__(self, storage: str, workers: int, cpus: float, gpus: float, max_failures: int):
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from .train_loop import session_loop
+        self.storage = storage if "://" in storage else os.path.abspath(storage)
+        self.key = (self.storage, workers, cpus, gpus)
+        self.workers = workers
+        self.started = time.time()
+        self.board = JobBoard.remote()
+        use_gpu = gpus > 0
+        res = {"CPU": cpus} | ({"GPU": gpus} if use_gpu else {})
+        self.trainer = TorchTrainer(
+            session_loop, train_loop_config={"board": self.board},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=res),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(name=SESSION_NAME, storage_path=self.storage,
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._serve, name="sitf-train-session", daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            self.trainer.fit()
+        except BaseException as e:      # surfaced to the job that is waiting (or the next one)
+            self.error = e
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def checkpoint_uri(self, name: str) -> str:
+        return f"{self.storage.rstrip('/')}/{SESSION_NAME}/{name}"
+
+    def run(self, job: FitJob, dataset, queue=None) -> FitResult:
+        t0 = time.time()
+        final = self.checkpoint_uri(final_checkpoint_name(job.name))
+        if not _exists(final):
+            shards = split_dataset(dataset, self.workers)
+            payload = asdict(job) | {"progress_queue": queue}
+            seq = ray.get(self.board.post.remote(payload, shards))
+            while True:
+                out = ray.get(self.board.outcome.remote(seq, 1.0))
+                if out is not None:
+                    break
+                if not self.alive:
+                    raise FitError(f"fit {job.name}: the training session ended: {self.error!r}") from self.error
+            if "error" in out:
+                raise FitError(f"fit {job.name} failed on a training worker:\n{out['error']}")
+        return _collect(job, final, t0)
+
+    def close(self, timeout: float = 60.0):
+        if self.alive:
+            try:
+                self.board.post.remote({"stop": True}, [])
+            except Exception:
+                pass
+            self.thread.join(timeout)
+
+
+def _exists(uri: str) -> bool:
+    if "://" not in uri:
+        return Path(uri, "fit_result.json").exists()
+    import pyarrow.fs
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    return fs.get_file_info(f"{path}/fit_result.json").type != pyarrow.fs.FileType.NotFound
+
+
+def _collect(job: FitJob, final_uri: str, t0: float) -> FitResult:
+    """Copy the final checkpoint's model folder to job.out_dir (atomically) and read what happened."""
+    from ray.train import Checkpoint
     out = Path(job.out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent if out.parent.exists() else None))
-    ckpt.to_directory(str(tmp))
-    info = json.loads((tmp / "fit_result.json").read_text())
-    os.remove(tmp / "fit_result.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    Checkpoint(final_uri).to_directory(str(tmp))
+    info = json.loads((tmp / "fit_result.json").read_text())
     if out.exists():
         shutil.rmtree(out)
     shutil.move(str(tmp / "model"), str(out))
     shutil.rmtree(tmp, ignore_errors=True)
     return FitResult(out_dir=str(out), steps=info["steps"], epochs=info["epochs"], seconds=time.time() - t0,
-                     history=info["history"], best=info.get("best"))
+                     history=info["history"], best=info.get("best"), first_step_at=info.get("first_step_at"),
+                     last_step_at=info.get("last_step_at"))
 
 
-def _fit(job: FitJob, datasets: dict, queue):
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def split_dataset(ds, workers: int) -> list:
+    """One equal, order-preserving shard per worker: a list of row dicts, or (Ray Dataset) the object refs of
+    the shard's Arrow blocks, which the worker fetches without running a Ray Data executor of its own.
 
-    use_gpu = job.gpus_per_worker > 0
-    res = {"CPU": job.cpus_per_worker} | ({"GPU": job.gpus_per_worker} if use_gpu else {})
-    data_config = DataConfig(execution_options=ExecutionOptions(preserve_order=True))  # same split every run
-    trainer = TorchTrainer(
-        _loop, train_loop_config=asdict(job) | {"progress_queue": queue}, datasets=datasets,
-        dataset_config=data_config,
-        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=res),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=job.name, storage_path=os.path.abspath(job.storage) if "://" not in job.storage
-                             else job.storage, failure_config=FailureConfig(max_failures=job.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    return result
+    Fewer rows than workers: every worker gets all of them (DDP averages identical gradients).
+    """
+    if isinstance(ds, list):
+        if len(ds) < workers:
+            return [ds] * workers
+        n = len(ds) // workers
+        return [ds[i * n:(i + 1) * n] for i in range(workers)]
+    from ray.data import DataContext
+    DataContext.get_current().execution_options.preserve_order = True   # the same split on every run
+    mat = ds.materialize()
+    parts = [mat] * workers if mat.count() < workers else mat.split(workers, equal=True)
+    return [{"arrow_refs": p.to_arrow_refs()} for p in parts]
 
+
+_SESSION: Optional[TrainSession] = None
+_LOCK = threading.Lock()
+
+
+def session(storage: str, workers: int, cpus: float = 1.0, gpus: float = 0.0, max_failures: int = 2) -> TrainSession:
+    """The driver's training session for this shape, started when needed (starting returns at once: the
+    workers come up in the background, so callers can warm it up ahead of the first fit)."""
+    global _SESSION
+    with _LOCK:
+        key = (storage if "://" in storage else os.path.abspath(storage), workers, cpus, gpus)
+        if _SESSION is not None and (_SESSION.key != key or not _SESSION.alive):
+            _SESSION.close()
+            _SESSION = None
+        if _SESSION is None:
+            _SESSION = TrainSession(storage, workers, cpus, gpus, max_failures)
+        return _SESSION
+
+
+def close_session():
+    """Stop the driver's training session (its workers release their CPUs / GPUs)."""
+    global _SESSION
+    with _LOCK:
+        if _SESSION is not None:
+            _SESSION.close()
+            _SESSION = None
+
+
+atexit.register(close_session)
+
+
+def fit(job: FitJob, datasets: dict) -> FitResult:
+    """Run one job on the driver's training session; datasets['train'] is a Ray Dataset (or a list of rows).
+
+    Raises FitError when the job fails on a worker (the session is then replaced for the next fit).
+    """
+    s = session(job.storage, job.workers, job.cpus_per_worker, job.gpus_per_worker, job.max_failures)
+    with step_progress(job.name) as queue:
+        try:
+            return s.run(job, datasets["train"], queue)
+        except FitError:
+            close_session()     # a failed job may have used up the session's restarts: start clean next time
+            raise
+
+
+# --------------------------------------------------------------------------------------------- progress
 
 _QUEUE = None
 
@@ -148,303 +347,3 @@ def step_progress(name: str):
         finally:
             stop.set()
             t.join(timeout=10)
-
-
-# ------------------------------------------------------------------------------------------ worker side
-
-def quantization(load_in_4bit: bool):
-    """QLoRA's 4-bit NF4 base (bitsandbytes, CUDA only); None when not asked for."""
-    if not load_in_4bit:
-        return None
-    import torch
-    if not torch.cuda.is_available():
-        raise RuntimeError("load_in_4bit needs a CUDA GPU (bitsandbytes); set model/prm.load_in_4bit=false on CPU")
-    from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
-
-
-def _load_model(job: dict):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
-    q = quantization(bool(job.get("extra", {}).get("load_in_4bit")))
-    kw = {"dtype": torch.bfloat16 if q else torch.float32} | ({"quantization_config": q} if q else {})
-    if job["objective"] == "prm":
-        model = AutoModelForTokenClassification.from_pretrained(job["init_model"], num_labels=2, **kw)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(job["init_model"], **kw)
-    if q:
-        from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model)
-    if job.get("init_adapter"):
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, job["init_adapter"], is_trainable=True)
-    elif job.get("lora"):
-        from peft import LoraConfig, get_peft_model
-        kw = dict(job["lora"])
-        if job["objective"] == "prm":
-            kw["modules_to_save"] = ["score"]      # the 2-way head is trained in full
-            kw["task_type"] = "TOKEN_CLS"
-        model = get_peft_model(model, LoraConfig(**kw))
-    return model
-
-
-def _loop(job: dict):
-    import numpy as np
-    import ray.train
-    import torch
-    from ray.train import Checkpoint
-    from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
-
-    from .orpo import collate, policy_loss
-
-    torch.set_num_threads(int(job["threads"]))
-    _t0 = time.time()
-    prof = (lambda msg: print(f"[fit-profile] {time.time() - _t0:6.2f}s {msg}", flush=True)) \
-        if job.get("extra", {}).get("profile") else (lambda msg: None)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed, hp = int(job["seed"]), job["hp"]
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(job["init_model"])
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    # This worker's shard, in stream order (preserve_order makes the split the same on every run).
-    prof("worker started")
-    rows = list(ray.train.get_dataset_shard("train").iter_rows())
-    prof(f"{len(rows)} rows read")
-    rows = encode(job["objective"], rows, tok, hp)
-    if not rows:
-        raise RuntimeError(f"{job['name']}: training worker {rank} of {world} received no rows; "
-                           f"use fewer workers (cluster.train_workers) or more data")
-    bs, accum, epochs = int(hp["batch_size"]), int(hp.get("grad_accum", 1)), int(hp["epochs"])
-    per_worker_bs = max(1, bs // world)
-    n_batches = max(1, math.ceil(len(rows) / per_worker_bs))
-    row_lens = [max(len(v) for k, v in r.items() if k.endswith("input_ids")) for r in rows]
-    steps_per_epoch = math.ceil(n_batches / accum)
-    max_steps = int(hp.get("max_steps") or 0)          # an exact step budget (matched-compute baselines)
-    if max_steps:
-        epochs = math.ceil(max_steps / steps_per_epoch)
-    total_steps = max(1, max_steps or epochs * steps_per_epoch)
-
-    model = _load_model(job)
-    ref_model = None
-    if job["objective"] == "dpo":
-        ref_model = _load_model({**job, "lora": None, "init_adapter": None}).eval()
-        if job.get("init_adapter"):
-            from peft import PeftModel
-            ref_model = PeftModel.from_pretrained(ref_model, job["init_adapter"]).merge_and_unload().eval()
-        for p in ref_model.parameters():
-            p.requires_grad_(False)
-    prof("model loaded")
-    ddp_model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
-    prof("model prepared")
-    device = ray.train.torch.get_device()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if hp.get("optimizer", "adamw") == "sgd":   # linear in the gradient: used to check DDP equivalence
-        opt = torch.optim.SGD(params, lr=float(hp["lr"]))
-    else:
-        opt = torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
-    sched = get_cosine_with_min_lr_schedule_with_warmup(
-        opt, num_warmup_steps=min(int(hp.get("warmup_steps", 0)), total_steps // 2),
-        num_training_steps=total_steps, min_lr_rate=float(hp.get("min_lr_ratio", 0.1)))
-
-    queue, last_put = job.get("progress_queue"), 0.0
-    start_epoch, step, history, best = 0, 0, [], None
-    best_state, bad_evals = None, 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            if (Path(d) / "fit_result.json").exists():   # finished before a driver crash: hand it back
-                ray.train.report({"epoch": -1}, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-                return
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        best, best_state, bad_evals = state["best"], state["best_state"], state["bad_evals"]
-        torch.set_rng_state(state["rng"])
-
-    val = job.get("validate")
-    if val:
-        from .tasks import get_task
-        val_task = get_task(val["task"])
-        val_rows = val["rows"][rank::world]
-
-    objective = job["objective"]
-    if objective == "prm":
-        from .prm import prm_collate, prm_loss
-    stop = False
-    for epoch in range(start_epoch, epochs):
-        t_ep = time.time()
-        rng = random.Random(seed * 1000 + epoch * 17 + rank)
-        ddp_model.train()
-        sums: dict = {}
-        n_seen = 0
-        opt.zero_grad(set_to_none=True)
-        if hp.get("shuffle", True):
-            batches = length_grouped_batches(row_lens, per_worker_bs, rng)
-        else:   # stream order (used to compare step by step with another trainer)
-            batches = [list(range(i, min(i + per_worker_bs, len(rows)))) for i in range(0, len(rows), per_worker_bs)]
-        step_losses, acc_loss = [], 0.0
-        for bi, idx in enumerate(batches):
-            batch_rows = [rows[i] for i in idx]
-            if objective == "prm":
-                b = prm_collate(batch_rows, pad_id)
-            else:
-                b = collate(batch_rows, pad_id)
-            b = {k: v.to(device) for k, v in b.items()}
-            if objective == "prm":
-                loss, m = prm_loss(ddp_model, b)
-            else:
-                loss, m = policy_loss(objective, ddp_model, b, hp, ref_model)
-            (loss / accum).backward()
-            acc_loss += loss.item() / accum
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            n_seen += 1
-            if (bi + 1) % accum == 0 or bi == n_batches - 1:
-                torch.nn.utils.clip_grad_norm_(params, float(hp.get("max_grad_norm", 1.0)))
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                step_losses.append(acc_loss)
-                acc_loss = 0.0
-                if queue is not None and rank == 0 and (time.time() - last_put > 1.0 or step >= total_steps):
-                    last_put = time.time()
-                    try:
-                        queue.put_nowait((job["name"], step, total_steps, step_losses[-1]))
-                    except Exception:   # full or gone: progress is cosmetic
-                        pass
-                if max_steps and step >= max_steps:
-                    break
-        metrics = {k: v / max(1, n_seen) for k, v in sums.items()}
-        metrics = _allreduce_mean(metrics, world)
-        if hp.get("log_steps"):
-            metrics["step_losses"] = step_losses
-        metrics.update(epoch=epoch + 1, step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_ep)
-
-        if val and ((epoch + 1) % int(val["every"]) == 0 or epoch + 1 == epochs):
-            acc = _val_accuracy(model, tok, val_task, val_rows, int(val["max_tokens"]), device, world)
-            metrics["val_accuracy"] = acc
-            if best is None or acc > best["val_accuracy"] + float(val["min_delta"]):
-                best = {"val_accuracy": acc, "epoch": epoch + 1, "step": step}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bad_evals = 0
-            else:
-                bad_evals += 1
-                stop = bad_evals >= int(val["patience"]) and epoch + 1 >= int(val.get("min_epochs", 0))
-        history.append(metrics)
-
-        last = epoch + 1 == epochs or stop
-        if not last and (epoch + 1) % int(job.get("ckpt_every", 1)) == 0:
-            with tempfile.TemporaryDirectory() as d:
-                if rank == 0:
-                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                "epoch": epoch + 1, "step": step, "history": history, "best": best,
-                                "best_state": best_state, "bad_evals": bad_evals, "rng": torch.get_rng_state()},
-                               Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-        if last:
-            break
-
-    prof("training done")
-    # Final report: the model folder (best weights when validating) + what happened.
-    with tempfile.TemporaryDirectory() as d:
-        if rank == 0:
-            if best_state is not None:
-                model.load_state_dict(best_state)
-            _save_final(model, tok, job, Path(d) / "model")
-            info = {"steps": step, "epochs": len(history), "history": history, "best": best}
-            (Path(d) / "fit_result.json").write_text(json.dumps(info))
-        ray.train.report({"epoch": len(history), "final": 1},
-                         checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-    prof("final reported")
-
-
-def encode(objective: str, rows: list[dict], tok, hp: dict) -> list[dict]:
-    """This worker's text rows -> token rows for its objective."""
-    if objective == "prm":
-        from .prm import prm_encode_rows
-        return prm_encode_rows(rows, tok, int(hp.get("max_len", 512)), bool(hp.get("soft", False)))
-    from .orpo import encode_rows
-    kind = "pairs" if objective in ("orpo", "dpo") else "sft"
-    return encode_rows(rows, tok, kind, int(hp.get("max_len", 512)), int(hp.get("max_prompt_len", 256)))
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, window: int = 16) -> list:
-    """Shuffled batches of similar-length rows (less padding): shuffle, sort within windows of `window`
-    batches, cut, shuffle the batch order. Same count as plain batching, so DDP workers stay in step."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches, w = [], batch_size * window
-    for s in range(0, len(order), w):
-        win = sorted(order[s:s + w], key=lambda i: lengths[i])
-        batches += [win[j:j + batch_size] for j in range(0, len(win), batch_size)]
-    rng.shuffle(batches)
-    return batches or [[]]
-
-
-def _save_final(model, tok, job: dict, out: Path):
-    out.mkdir(parents=True)
-    is_peft = hasattr(model, "peft_config")
-    meta = {"kind": "adapter" if is_peft else "full", "objective": job["objective"]}
-    if is_peft:
-        meta["base"] = os.path.abspath(job["init_model"])
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    (out / POLICY_META).write_text(json.dumps(meta))
-
-
-def _allreduce_mean(metrics: dict, world: int) -> dict:
-    if world == 1:
-        return metrics
-    import torch
-    import torch.distributed as dist
-    keys = sorted(metrics)
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
-
-
-def _val_accuracy(model, tok, task, rows: list, max_tokens: int, device, world: int) -> float:
-    """Greedy accuracy of this worker's share of the validation rows, summed over workers."""
-    correct, n = greedy_correct(model, tok, task, rows, max_tokens, device)
-    if world > 1:
-        import torch
-        import torch.distributed as dist
-        t = torch.tensor([correct, n], dtype=torch.float64)
-        dist.all_reduce(t)
-        correct, n = t.tolist()
-    return correct / max(1, n)
-
-
-def greedy_correct(model, tok, task, rows: list, max_tokens: int, device, batch_size: int = 128) -> tuple[int, int]:
-    import torch
-    model.eval()
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    correct = 0
-    try:
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            enc = tok([task.prompt(r) for r in chunk], return_tensors="pt", padding=True).to(device)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            texts = tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-            correct += sum(task.is_correct(r, t) for r, t in zip(chunk, texts))
-    finally:
-        tok.padding_side = old_side
-        model.train()
-    return correct, len(rows)
-
-
-def read_policy_meta(folder: str | Path) -> dict:
-    p = Path(folder) / POLICY_META
-    return json.loads(p.read_text()) if p.exists() else {"kind": "full"}

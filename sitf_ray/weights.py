@@ -1,11 +1,12 @@
 """Versioned weight broadcast from a trained policy folder to every generator replica.
 
-Full fine-tunes send the state dict: one `ray.put`, every replica pulls it from the object store and
-loads it with vLLM's `reload_weights` (HF names; vLLM fuses qkv / gate-up itself). LoRA policies send only
+Full fine-tunes send the state dict as numpy buffers (engines.base.WireState): one `ray.put`, every
+replica maps it from the object store without a copy (torch tensors would be pickled and copied) and loads
+it with vLLM's `reload_weights` (HF names; vLLM fuses qkv / gate-up itself); all replicas load at once. LoRA policies send only
 the adapter files, which replicas hot-load as a new LoRA request (no full reload), or, with `merge_adapter`
 (cluster.lora_generation; the default on CPU, where vLLM's LoRA decode is 4.7x slower), the adapter merged
 into its base on the driver, sent as full weights. Each replica answers
-with the sha256 of what it loaded; a mismatch with the driver's digest is an error, and the pool's version
+with the blake3 digest of what it loaded; a mismatch with the driver's digest is an error, and the pool's version
 is what later generate calls require of every replica.
 
 On CUDA, `weights_nccl.push_policy_nccl` offers the same interface over vLLM's own NCCL weight-transfer
@@ -18,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engines.base import files_digest, state_digest
-from .trainer import read_policy_meta
+from .engines.base import files_digest, pack_state
+from .policy_folder import read_policy_meta
 
 
 @dataclass
@@ -69,9 +70,9 @@ def push_policy(pool, folder: str | Path, version: int, merge_adapter: bool = Fa
         digest, size = files_digest(payload), sum(len(v) for v in payload.values())
         got = pool.load_adapter(payload, version)
     else:
-        digest = state_digest(payload)
-        size = sum(t.numel() * t.element_size() for t in payload.values())
-        got = pool.load_state(payload, version)
+        wire = pack_state(payload)          # numpy buffers: every replica reads them without a copy
+        digest, size = wire.digest(), wire.nbytes
+        got = pool.load_state(wire, version)
     bad = [i for i, d in enumerate(got) if d != digest]
     if bad:
         raise RuntimeError(f"weight sync v{version}: replicas {bad} report a different digest than {folder}")

@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 
 from .engines.base import state_digest
-from .trainer import read_policy_meta
+from .policy_folder import read_policy_meta
 from .weights import SyncReport, policy_payload, push_policy
 
 _SENDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # GeneratorPool -> NCCLSender
@@ -28,28 +28,6 @@ def require_cuda():
     if not torch.cuda.is_available():
         raise RuntimeError("NCCL weight sync needs CUDA (torch.cuda.is_available() is False); "
                            "use weights.push_policy (object store) on CPU")
-
-
-def llm_kwargs() -> dict:
-    """Extra LLM(...) kwargs: each vLLM worker then builds an NCCLWeightTransferEngine at load_model."""
-    from vllm.config import WeightTransferConfig
-    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
-
-
-# ----------------------------------------------------------------------------- engine (receiver) side
-def init_receiver(llm, init_info: dict) -> None:
-    """Join the sender's NCCL group (blocks until every rank joined). A previous group is released
-    first, so a pool whose replica was restarted can re-form the group with the survivors."""
-    llm.shutdown_weight_transfer_engine()           # no-op when no group is open
-    llm.init_weight_transfer_engine({"init_info": init_info})
-
-
-def receive(llm, meta: dict) -> None:
-    """One full update: layerwise-reload start, the NCCL receive (runs while the sender broadcasts), finish."""
-    llm.start_weight_update()
-    llm.update_weights({"update_info": meta})        # meta: names / dtype_names / shapes (HF names)
-    llm.finish_weight_update()                       # also resets vLLM's LoRA state
-    llm.reset_prefix_cache()                         # cached KV blocks belong to the old weights
 
 
 # ----------------------------------------------------------------------------------- sender side

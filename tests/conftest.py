@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Small but real: 2-3 operations on numbers up to 30; trained to its (early-stopped) best.
 TEST_OVERRIDES = [
-    "task.arith.min_ops=2", "task.arith.max_ops=3", "task.arith.max_value=30",
+    "task.arith.sft_ops=[2,3]", "task.arith.train_ops=[2,3]", "task.arith.eval_ops=[2,3]", "task.arith.max_value=30",
     "task.arith.n_sft=800", "task.arith.n_train=60", "task.arith.n_val=60", "task.arith.n_test=60",
     "model.tiny.num_layers=2", "model.tiny.intermediate_size=256",
     "sft.max_epochs=24", "sft.lr=4e-3", "sft.eval_every=4", "sft.patience=2",

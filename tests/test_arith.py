@@ -72,7 +72,40 @@ def test_equation_filter():
 
 
 def test_impossible_split_sizes_fail_clearly():
-    cfg = C.build(overrides=["task.arith.max_value=10", "task.arith.min_ops=1", "task.arith.max_ops=1",
-                             "task.arith.n_sft=100000"]).task
-    with pytest.raises(ValueError, match="cannot draw .* distinct problems"):
+    cfg = C.build(overrides=["task.arith.max_value=10", "task.arith.sft_ops=[1,1]", "task.arith.n_sft=100000"]).task
+    with pytest.raises(ValueError, match="cannot draw 100000 distinct sft problems"):
         TASK.load("sft", cfg)
+
+
+def test_each_split_draws_from_its_own_range_of_operations():
+    cfg = C.build(overrides=["task.arith.sft_ops=[2,3]", "task.arith.train_ops=[4,5]", "task.arith.eval_ops=[2,5]",
+                             "task.arith.n_sft=300", "task.arith.n_train=300", "task.arith.n_val=100",
+                             "task.arith.n_test=300"]).task
+    lens = {s: [len(r["ops"]) for r in TASK.load(s, cfg)] for s in ("sft", "train", "val", "test")}
+    assert set(lens["sft"]) == {2, 3} and set(lens["train"]) == {4, 5}
+    assert set(lens["val"]) | set(lens["test"]) == {2, 3, 4, 5}
+    questions = [r["question"] for s in lens for r in TASK.load(s, cfg)]
+    assert len(set(questions)) == len(questions)              # no question in two splits
+
+
+def test_the_run_seed_draws_the_splits_unless_data_seed_is_given():
+    q = {s: [r["question"] for r in TASK.load("test", C.build(overrides=[f"seed={s}"]).task)] for s in (0, 1)}
+    assert q[0] != q[1]
+    pinned = C.build(overrides=["seed=1", "task.arith.data_seed=0"]).task
+    assert [r["question"] for r in TASK.load("test", pinned)] == q[0]
+
+
+def test_strict_accuracy_needs_the_answer_and_every_step():
+    from sitf_ray.sampling import check_all, strict_all
+    row = {"id": "x", "question": "Ann has 12 pens, buys 7 more, then gives away 5, then doubles them.",
+           "answer": "28", "start": 12, "ops": [["+", 7], ["-", 5], ["*", 2]], "values": [19, 14, 28]}
+    texts = ["12 + 7 = 19\n19 - 5 = 14\n14 * 2 = 28\nThe answer is 28",     # right all along
+             "7 + 12 = 19\n19 - 5 = 14\n14 + 14 = 28\nThe answer is 28",    # other spellings of right steps
+             "12 + 7 = 19\n19 - 5 = 15\n15 * 2 = 28\nThe answer is 28",     # lucky: wrong steps, right answer
+             "12 + 7 = 19\n19 * 2 = 38\n38 - 10 = 28\nThe answer is 28",    # lucky: wrong operations
+             "12 + 7 = 19\n19 - 5 = 14\nThe answer is 28",                  # skipped a step
+             "12 + 7 = 19\n19 - 5 = 14\n14 * 2 = 28\nThe answer is 29"]     # right steps, wrong answer
+    ok = check_all(TASK, [row] * len(texts), texts)
+    assert ok == [True, True, True, True, True, False]
+    assert strict_all(TASK, [row] * len(texts), texts, ok) == [True, True, False, False, False, False]
+    assert strict_all(get_task("gsm8k"), [row], texts[:1], ok[:1]) is None       # no oracle, no strict figure

@@ -28,7 +28,7 @@ def test_defaults_and_overrides(tmp_path):
     (["sampling.n=0"], "sampling.n: Input should be greater than or equal to 1 (got 0)"),
     (["sampling.top_p=1.5"], "sampling.top_p: Input should be less than or equal to 1 (got 1.5)"),
     (["labeling.mode=magic"], "labeling.mode: Input should be 'mc', 'binary' or 'oracle' (got 'magic')"),
-    (["task.arith.min_ops=4", "task.arith.max_ops=2"], "task.arith: min_ops (4) must be <= max_ops (2)"),
+    (["task.arith.sft_ops=[4,2]"], "task.arith: sft_ops must be [min, max] with 1 <= min <= max <= 12 (got [4, 2])"),
     (["cluster.weight_sync=nccl"], "cluster: weight_sync=nccl needs vLLM generators on GPUs (cluster.generator_gpus > 0)"),
     (["cluster.weight_sync=nccl", "cluster.generator_gpus=1", "cluster.lora_generation=merged"],
      "cluster: lora_generation=merged sends full weights through the object store; with "

@@ -114,7 +114,7 @@ def make_adapter(m0, ad, prompts) -> list[str]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sitf_ray.trainer import POLICY_META
+    from sitf_ray.policy_folder import POLICY_META
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(m0)
     peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],

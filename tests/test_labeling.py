@@ -134,3 +134,38 @@ def test_oracle_mode_and_quality_figures(solved):
                                                "accuracy": 0.5, "n": 4, "positives": 3}
     with pytest.raises(ValueError, match="no exact step oracle"):
         label_samples(samples, rows, get_task("gsm8k"), "oracle")
+
+
+def lucky(row, steps, at):
+    """A wrong step `at` carried forward, then the right answer anyway: what outcome feedback rewards."""
+    bad = corrupt(row, steps, at)
+    return bad[:-1] + [f"The answer is {row['answer']}"]
+
+
+def test_answer_correct_paths_are_probed_when_a_right_answer_proves_nothing(pool, solved):
+    """skip_correct_paths=False: a clean path costs one probe (the path without its answer line); a lucky
+    path gets its first wrong step found, and its answer line is labelled wrong with it."""
+    rows, samples, truth = {}, [], {}
+    for r, steps in solved:
+        rows[r["id"]] = r
+        samples.append({"id": f"{r['id']}-ok", "qid": r["id"], "steps": steps, "correct": True})
+        truth[f"{r['id']}-ok"] = [1] * len(steps)
+        for at in range(len(r["ops"])):
+            sid = f"{r['id']}-lucky{at}"
+            samples.append({"id": sid, "qid": r["id"], "steps": lucky(r, steps, at), "correct": True})
+            truth[sid] = [1] * at + [0] * (len(steps) - at)
+    assert all(TASK.is_correct(rows[s["qid"]], "\n".join(s["steps"])) for s in samples)
+    skipped, st0 = label_samples(samples, rows, TASK, "binary", pool, k=2, temperature=0.0, max_tokens=48)
+    assert all(r["labels"] == [1] * len(r["steps"]) for r in skipped) and st0.rollouts == 0   # Math-Shepherd's rule
+    labels, st = label_samples(samples, rows, TASK, "binary", pool, k=2, temperature=0.0, max_tokens=48,
+                               skip_correct_paths=False)
+    exact = sum(r["labels"] == truth[r["id"]] for r in labels)
+    for r in labels:
+        if r["id"].endswith("-ok"):
+            assert r["labels"] == truth[r["id"]]          # M_0 finishes its own greedy solution
+        else:
+            assert r["labels"][-1] == 0                    # the lucky answer line is never a right step
+    print(f"\nlucky paths labelled exactly: {exact}/{len(labels)}; rollouts {st.rollouts}")
+    assert exact >= 0.7 * len(labels)
+    oracle = versus_oracle(labels)
+    assert oracle["f1"] > versus_oracle(skipped)["f1"]

@@ -55,6 +55,10 @@ def test_every_artifact_of_the_loop(full_run):
         assert (ob / "DONE").exists() and (ob / "policy").exists() and not (ob / "labels.jsonl").exists()
     results = read_json(d / "results.json")
     assert [r["k"] for r in results["iterations"]] == [0, 1, 2]
+    for rec in results["iterations"] + results["baselines"]["outcome"]["iterations"]:   # arith has a step oracle
+        assert 0 <= rec["strict_accuracy"] <= rec["accuracy"] <= 1
+    for rec in results["iterations"][1:]:
+        assert 0 <= rec["sample_false_positive_rate"] <= 1 and rec["sample_strict"] <= rec["sample_correct"]
     assert [r["k"] for r in results["baselines"]["outcome"]["iterations"]] == [0, 1, 2]
     assert results["iterations"][0]["accuracy"] == read_json(d / "iter_00" / "eval.json")["accuracy"]
     assert (d / "report.md").read_text().count("iter 2") == 1
@@ -135,3 +139,23 @@ def test_seeds_table_is_mean_and_sd_over_runs():
     sipf = next(line for line in text.splitlines() if line.startswith("SIPF"))
     assert "37.0 ± 9.9" in sipf and "+7.0 ± 4.2" in sipf and "44.0, 30.0" in sipf
     assert "30.0 ± 14.1" in next(line for line in text.splitlines() if line.startswith("M_0"))
+
+
+def test_seeds_report_has_strict_accuracy_and_an_error_bar_plot(tmp_path):
+    from sitf_ray.artifacts import write_json
+    from sitf_ray.report import seeds_table, table, write_seeds_report
+
+    def res(seed, sipf, strict):
+        its = [{"k": k, "accuracy": a, "strict_accuracy": s, "n": 1200} for k, (a, s) in enumerate(zip(sipf, strict))]
+        return {"task": "arith", "model": "tiny", "method": "sipf", "seed": seed, "iterations": its, "baselines": {}}
+    runs = [res(0, [0.20, 0.35], [0.10, 0.30]), res(1, [0.30, 0.41], [0.20, 0.34])]
+    text = seeds_table(runs)
+    assert "final strict %" in text and "32.0 ± 2.8" in text and "+17.0 ± 4.2" in text
+    assert "strict accuracy %" in table(runs[0]) and "one standard error 1.2 points" in table(runs[0])
+    dirs = []
+    for r in runs:
+        d = tmp_path / f"seed{r['seed']}"
+        write_json(d / "results.json", r)
+        dirs.append(d)
+    out = write_seeds_report(dirs, tmp_path / "report")
+    assert "32.0 ± 2.8" in out.read_text() and (tmp_path / "report" / "plots" / "accuracy.png").stat().st_size > 5000

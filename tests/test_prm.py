@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from sitf_ray.prm import PRMModel, aggregate, auc, prm_encode_rows, scorer_pool, step_end_tokens
+from sitf_ray.actors import scorer_pool
+from sitf_ray.prm import PRMModel, aggregate, auc, prm_encode_rows, step_end_tokens
 
 
 def toy_paths(n: int, seed: int) -> list[dict]:

@@ -31,7 +31,7 @@ def test_train_worker_killed_mid_epoch_resumes_from_checkpoint(m0, tmp_path, ray
     import ray.data
     from safetensors.torch import load_file
 
-    from sitf_ray.trainer import FitJob, fit
+    from sitf_ray.trainer import SESSION_NAME, FitJob, fit
     from sitf_ray.tasks import get_task
     task = get_task("arith")
     cfg = C.build(overrides=TEST_OVERRIDES)
@@ -46,10 +46,10 @@ def test_train_worker_killed_mid_epoch_resumes_from_checkpoint(m0, tmp_path, ray
     killed = {}
 
     def killer():
-        ckpts = tmp_path / "rt" / "hurt"
+        ckpts = tmp_path / "rt" / SESSION_NAME     # the session's checkpoints, named <job>__epochNNN
         deadline = time.time() + 300
         while time.time() < deadline:
-            if ckpts.exists() and any(p.name.startswith("checkpoint") for p in ckpts.iterdir()):
+            if ckpts.exists() and any(p.name.startswith("hurt__epoch") for p in ckpts.iterdir()):
                 pids = _train_worker_pids()
                 if pids:
                     time.sleep(0.5)     # inside epoch 2
@@ -70,7 +70,7 @@ def test_train_worker_killed_mid_epoch_resumes_from_checkpoint(m0, tmp_path, ray
 
 
 def test_prm_scorer_killed_mid_scoring_loses_nothing(mini_run, ray_session):
-    from sitf_ray.prm import scorer_pool
+    from sitf_ray.actors import scorer_pool
     d, _ = mini_run
     samples = read_jsonl(d / "iter_01" / "samples.jsonl")
     from sitf_ray.tasks import get_task

@@ -54,21 +54,76 @@ class EngineSpec:
     extra: dict = field(default_factory=dict)
 
 
+def _hasher():
+    """blake3 (a vLLM dependency, multi-threaded, ~10x sha256's speed): the checksum of 100s of MB of weights
+    costs milliseconds, not a second per replica."""
+    import blake3
+    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+
 def state_digest(state: dict) -> str:
-    """sha256 of a state dict (names, shapes, dtypes, bytes): replicas report it to prove what they loaded."""
+    """blake3 of a state dict (names, shapes, dtypes, bytes): replicas report it to prove what they loaded.
+
+    state: name -> torch tensor, or the wire form of pack_state (the same digest for the same weights)."""
+    if isinstance(state, WireState):
+        return state.digest()
+    return pack_state(state).digest()
+
+
+@dataclass
+class WireState:
+    """A state dict as plain numpy buffers: Ray's object store hands them to every replica without a copy
+    (torch tensors would be pickled in-band and copied on every get). bf16 travels as its 16-bit pattern."""
+    names: list
+    dtypes: list          # torch dtype names, e.g. 'bfloat16'
+    arrays: list          # numpy arrays (read-only views into the object store on the receiving side)
+
+    def digest(self) -> str:
+        h = _hasher()
+        for name, dtype, a in sorted(zip(self.names, self.dtypes, self.arrays), key=lambda x: x[0]):
+            h.update(name.encode())
+            h.update(str(tuple(a.shape)).encode() + dtype.encode())
+            if a.size:
+                h.update(a.reshape(-1).view("uint8").data)
+        return h.hexdigest()
+
+    def tensors(self) -> dict:
+        """name -> torch tensor sharing the numpy buffer (zero-copy; read-only where the buffer is)."""
+        import warnings
+
+        import torch
+        out = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # read-only buffers: the engine copies from them
+            for name, dtype, a in zip(self.names, self.dtypes, self.arrays):
+                t = torch.from_numpy(a)
+                out[name] = t.view(getattr(torch, dtype)) if dtype in _VIEWED else t
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+
+_VIEWED = {"bfloat16": "uint16", "float8_e4m3fn": "uint8", "float8_e5m2": "uint8"}   # no numpy dtype of their own
+
+
+def pack_state(state: dict) -> WireState:
+    """torch state dict -> WireState (a view of each contiguous CPU tensor, no copy where possible)."""
     import torch
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().contiguous().cpu()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        if t.numel():   # hash the tensor's own buffer: a .tobytes() copy cost 4x the hashing itself
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    names, dtypes, arrays = [], [], []
+    for name, t in state.items():
+        t = t.detach().contiguous().cpu()
+        dtype = str(t.dtype).removeprefix("torch.")
+        a = t.view(getattr(torch, _VIEWED[dtype])).numpy() if dtype in _VIEWED else t.numpy()
+        names.append(name)
+        dtypes.append(dtype)
+        arrays.append(a)
+    return WireState(names, dtypes, arrays)
 
 
 def files_digest(files: dict[str, bytes]) -> str:
-    h = hashlib.sha256()
+    h = _hasher()
     for k in sorted(files):
         h.update(k.encode())
         h.update(files[k])

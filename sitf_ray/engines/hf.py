@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .base import Completion, EngineSpec, GenParams, files_digest, resolve_device, state_digest
+from .base import Completion, EngineSpec, GenParams, WireState, files_digest, resolve_device, state_digest
 
 
 class HFEngine:
@@ -59,8 +59,9 @@ class HFEngine:
                 out.append(outs)
         return out
 
-    def load_state(self, state: dict, version: int) -> str:
-        self.model.load_state_dict(state, strict=False)
+    def load_state(self, state, version: int) -> str:
+        """Full weights: a WireState or a torch state dict; returns the digest of what was loaded."""
+        self.model.load_state_dict(state.tensors() if isinstance(state, WireState) else state, strict=False)
         self.base_state = None
         self.version, self.digest = version, state_digest(state)
         return self.digest

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .base import Completion, EngineSpec, GenParams, files_digest, resolve_device, state_digest
+from .base import Completion, EngineSpec, GenParams, WireState, files_digest, resolve_device, state_digest
 
 
 class VLLMEngine:
@@ -40,8 +40,7 @@ class VLLMEngine:
         # extra['weight_sync'] == 'nccl' (ours, not an LLM kwarg): on CUDA, enable vLLM's NCCL weight transfer
         self.nccl = spec.extra.get("weight_sync") == "nccl" and self.device == "cuda"
         if self.nccl:
-            from ..weights_nccl import llm_kwargs
-            kw.update(llm_kwargs())
+            kw.update(nccl_llm_kwargs())
         kw.update({k: v for k, v in spec.extra.items() if k not in ("gpu_memory_utilization", "weight_sync")})
         self.llm = LLM(**kw)
         self.version = 0
@@ -67,9 +66,11 @@ class VLLMEngine:
                  for o in out.outputs] * copies for out in outs]
 
     # ---------------------------------------------------------------------------------------- weights
-    def load_state(self, state: dict, version: int) -> str:
-        """Full weights (HF names; vLLM fuses qkv / gate-up itself)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+    def load_state(self, state, version: int) -> str:
+        """Full weights (HF names; vLLM fuses qkv / gate-up itself): a WireState (zero-copy out of the object
+        store) or a torch state dict. Returns the digest of what was loaded."""
+        tensors = state.tensors() if isinstance(state, WireState) else state
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(tensors.items())})
         self.llm.reset_prefix_cache()
         self._lora = None
         self.version, self.digest = version, state_digest(state)
@@ -94,15 +95,13 @@ class VLLMEngine:
 
     def init_nccl_receiver(self, init_info: dict) -> None:
         """Join the driver's NCCL weight-transfer group (weights_nccl.NCCLSender); CUDA only."""
-        from ..weights_nccl import init_receiver
         self._need_nccl()
-        init_receiver(self.llm, init_info)
+        nccl_init_receiver(self.llm, init_info)
 
     def receive_nccl(self, meta: dict, version: int, digest: str = "") -> str:
         """Receive full weights (HF names) broadcast by the sender; answers the sender's digest, echoed."""
-        from ..weights_nccl import receive
         self._need_nccl()
-        receive(self.llm, meta)
+        nccl_receive(self.llm, meta)
         self._lora = None
         self.version, self.digest = version, digest
         return self.digest
@@ -116,3 +115,26 @@ class VLLMEngine:
     def close(self):
         if self._lora_dir is not None:
             shutil.rmtree(self._lora_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------- NCCL weight transfer, receiver side (CUDA)
+# The sender (driver side) is weights_nccl.NCCLSender; these run inside the engine's actor.
+def nccl_llm_kwargs() -> dict:
+    """Extra LLM(...) kwargs: each vLLM worker then builds an NCCLWeightTransferEngine at load_model."""
+    from vllm.config import WeightTransferConfig
+    return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+
+
+def nccl_init_receiver(llm, init_info: dict) -> None:
+    """Join the sender's NCCL group (blocks until every rank joined). A previous group is released
+    first, so a pool whose replica was restarted can re-form the group with the survivors."""
+    llm.shutdown_weight_transfer_engine()           # no-op when no group is open
+    llm.init_weight_transfer_engine({"init_info": init_info})
+
+
+def nccl_receive(llm, meta: dict) -> None:
+    """One full update: layerwise-reload start, the NCCL receive (runs while the sender broadcasts), finish."""
+    llm.start_weight_update()
+    llm.update_weights({"update_info": meta})        # meta: names / dtype_names / shapes (HF names)
+    llm.finish_weight_update()                       # also resets vLLM's LoRA state
+    llm.reset_prefix_cache()                         # cached KV blocks belong to the old weights

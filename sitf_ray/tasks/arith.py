@@ -98,30 +98,29 @@ def gold_solution(row: dict) -> str:
 
 
 def _pool(cfg) -> dict[str, list[dict]]:
-    """All splits from one seeded stream of distinct questions (cached per config)."""
-    key = (cfg.data_seed, cfg.min_ops, cfg.max_ops, cfg.max_value, cfg.n_sft, cfg.n_train, cfg.n_val,
-           cfg.n_test)
+    """All splits from one seeded stream of distinct questions (cached per config); each split draws from
+    its own range of operations (ArithConfig.sft_ops / train_ops / eval_ops)."""
+    key = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else repr(cfg)
     if key in _CACHE:
         return _CACHE[key]
     rng = random.Random(cfg.data_seed)
     sizes = {"test": cfg.n_test, "val": cfg.n_val, "sft": cfg.n_sft, "train": cfg.n_train}
-    total, seen, rows = sum(sizes.values()), set(), []
-    stale = 0   # draws since the last new question: the space is exhausted when this grows large
-    while len(rows) < total:
-        stale += 1
-        if stale > 5000:
-            raise ValueError(f"arith: cannot draw {total} distinct problems with max_value={cfg.max_value}, "
-                             f"ops {cfg.min_ops}-{cfg.max_ops}; lower task.n_* or raise task.max_value")
-        p = make_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_value)
-        if p["question"] in seen:
-            continue
-        seen.add(p["question"])
-        rows.append(p)
-        stale = 0
-    out, i = {}, 0
+    seen, out = set(), {}
     for split, n in sizes.items():
-        out[split] = [dict(r, id=f"arith-{split}-{j}") for j, r in enumerate(rows[i:i + n])]
-        i += n
+        lo, hi = cfg.ops(split)
+        rows, stale = [], 0   # stale: draws since the last new question; the space is exhausted when it grows
+        while len(rows) < n:
+            stale += 1
+            if stale > 5000:
+                raise ValueError(f"arith: cannot draw {n} distinct {split} problems with max_value={cfg.max_value}, "
+                                 f"ops {lo}-{hi}; lower task.arith.n_{split} or raise task.arith.max_value")
+            p = make_problem(rng, lo, hi, cfg.max_value)
+            if p["question"] in seen:
+                continue
+            seen.add(p["question"])
+            rows.append(dict(p, id=f"arith-{split}-{len(rows)}"))
+            stale = 0
+        out[split] = rows
     _CACHE[key] = out
     return out
 
@@ -179,9 +178,11 @@ TASK = Task(name="arith", load=load, prompt=prompt, target=gold_solution, split_
 def corpus(cfg, n: int = 2000) -> list[str]:
     """Text for training the tokenizer: prompts + gold solutions of a fresh seeded stream."""
     rng = random.Random(cfg.data_seed + 1)
+    lo = min(r[0] for r in (cfg.sft_ops, cfg.train_ops, cfg.eval_ops))
+    hi = max(r[1] for r in (cfg.sft_ops, cfg.train_ops, cfg.eval_ops))
     out = []
     for _ in range(n):
-        p = make_problem(rng, cfg.min_ops, cfg.max_ops, cfg.max_value)
+        p = make_problem(rng, lo, hi, cfg.max_value)
         out.append(prompt(p) + gold_solution(p))
     return out
 

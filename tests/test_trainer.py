@@ -1,0 +1,60 @@
+"""The Ray Train session behind every fit: jobs share one worker group, failures come back as clear errors,
+a finished job is handed back, tiny datasets still train on every worker."""
+from __future__ import annotations
+
+import pytest
+
+
+def _job(m0, tmp_path, name, **kw):
+    from sitf_ray.trainer import FitJob
+    hp = {"lr": 1e-3, "epochs": 1, "batch_size": 8, "warmup_steps": 0, "max_len": 256, "max_prompt_len": 128}
+    return FitJob(name=name, storage=str(tmp_path / "rt"), init_model=str(m0), out_dir=str(tmp_path / name),
+                  objective="sft", hp=hp | kw.pop("hp", {}), seed=0, workers=2, threads=1, **kw)
+
+
+ROWS = [{"prompt": f"Question: Ann has {a} pens, buys {b} more. How many pens now?\nAnswer:\n",
+         "completion": f"{a} + {b} = {a + b}\nThe answer is {a + b}"} for a in range(2, 9) for b in range(1, 5)]
+
+
+def _worker_pids() -> set[int]:
+    from ray.util.state import list_actors
+    return {a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])}
+
+
+def test_fits_share_one_session_and_its_workers(m0, tmp_path, ray_session):
+    import ray.data
+
+    from sitf_ray.trainer import close_session, fit, session
+    close_session()
+    a = fit(_job(m0, tmp_path, "first"), {"train": ray.data.from_items(ROWS)})
+    pids = _worker_pids()
+    b = fit(_job(m0, tmp_path, "second", hp={"epochs": 2}), {"train": ray.data.from_items(ROWS)})
+    assert _worker_pids() == pids and len(pids) == 2          # the same two processes ran both jobs
+    assert a.steps == 2 and b.steps == 4                       # 28 rows, batch 8 over 2 workers: 2 steps/epoch
+    assert b.first_step_at > a.last_step_at
+    s = session(str(tmp_path / "rt"), 2)
+    assert (tmp_path / "rt" / "train-session" / "second__final" / "fit_result.json").exists()
+    # a finished job is handed back from its final checkpoint, without training again
+    again = fit(_job(m0, tmp_path, "second", hp={"epochs": 2}), {"train": ray.data.from_items(ROWS)})
+    assert again.steps == 4 and again.first_step_at == b.first_step_at
+    assert session(str(tmp_path / "rt"), 2) is s
+
+
+def test_fewer_rows_than_workers_trains_on_every_worker(m0, tmp_path, ray_session):
+    import ray.data
+
+    from sitf_ray.trainer import fit
+    res = fit(_job(m0, tmp_path, "one-row"), {"train": ray.data.from_items(ROWS[:1])})
+    assert res.steps == 1
+
+
+def test_a_failing_job_raises_a_clear_error_and_the_next_fit_works(m0, tmp_path, ray_session):
+    import ray.data
+
+    from sitf_ray.trainer import FitError, fit
+    bad = _job(m0, tmp_path, "broken")
+    bad.init_model = str(tmp_path / "no-such-model")
+    with pytest.raises(FitError, match=r"fit broken failed on a training worker(.|\n)*no-such-model"):
+        fit(bad, {"train": ray.data.from_items(ROWS)})
+    ok = fit(_job(m0, tmp_path, "after"), {"train": ray.data.from_items(ROWS)})
+    assert ok.steps == 2
