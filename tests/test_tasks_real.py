@@ -220,6 +220,9 @@ def test_mmlu_math_open_ended_rows():
     assert len(rows) == 354 and len({r["id"] for r in rows}) == 354
     for r in rows:
         float(r["answer"])
+        if r["answer_raw"] == "2,2,4":   # a list of sides; the paper's comma-dropping made its gold 224
+            assert r["answer"] == "224" and mmlu_math.is_correct(r, "The answer is 224")
+            continue
         assert mmlu_math.is_correct(r, f"Let me think.\nThe answer is {r['answer_raw']}")
         assert mmlu_math.is_correct(r, f"The answer is {r['answer']}.")
         assert not mmlu_math.is_correct(r, f"The answer is {float(r['answer']) + 1}")
