@@ -38,3 +38,21 @@ def split_lines(text: str) -> list[str]:
     """Steps are non-empty lines (the paper splits on newlines)."""
     return [ln.strip() for ln in text.strip().split("\n") if ln.strip()]
 
+
+def split_code_lines(text: str) -> list[str]:
+    """Steps of code: each non-blank line, as written, with the blank lines just before it.
+
+    Lossless: ``"\n".join(split_code_lines(t))`` is `t` itself (CRLF read as LF) without its leading and
+    trailing blank lines, so a program judged, trained on or continued from its steps is the program the
+    model wrote: blank lines and trailing spaces inside a triple-quoted string are part of its meaning.
+    """
+    steps: list[str] = []
+    pending: list[str] = []
+    for ln in text.replace("\r\n", "\n").split("\n"):
+        if not ln.strip():
+            pending.append(ln)
+            continue
+        steps.append("\n".join(pending + [ln]) if steps else ln)
+        pending = []
+    return steps
+
