@@ -22,8 +22,9 @@ def sample_paths(pool, task: Task, rows: list[dict], n: int, temperature: float,
     """
     params = GenParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(task.stop))
     outs = pool.generate([task.prompt(r) for r in rows], params, seed=seed, desc=f"sample x{n}")
-    samples, texts, stats = [], [], {"generated": 0, "kept": 0, "duplicates": 0, "invalid": 0, "truncated": 0, "tokens": 0,
-                          "correct": 0, "questions_with_correct": 0}
+    samples, texts = [], []
+    stats = {"generated": 0, "kept": 0, "duplicates": 0, "invalid": 0, "truncated": 0, "tokens": 0,
+             "correct": 0, "questions_with_correct": 0}
     for row, comps in zip(rows, outs):
         seen, kept_code = set(), []
         for j, c in enumerate(comps):

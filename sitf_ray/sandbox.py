@@ -13,15 +13,16 @@ Containment (both entry points)
 * One child process per program, started in a new session.
 * Time: ONE limit per program, ``cpu_seconds`` of CPU time (default ``CPU_SECONDS`` = 10 s; a few MBPP
   gold solutions need ~1 s), enforced by RLIMIT_CPU in the child (SIGXCPU, status ``timeout``, detail
-  ``CPU time limit (N s)``; the parent also sums the CPU time of the program's whole process tree every
-  0.5 s and kills it past the limit, so forking does not multiply it). CPU time does not run out faster when programs share cores, so the verdict
-  is the same alone or under the pipeline's concurrency (4 programs at once) or any other load. A
-  program that waits without computing (sleep, a blocked read) uses no CPU: a wall clock of
-  ``wall_backstop(cpu_seconds)`` = 4 x cpu_seconds + 10 s (``timeout=`` overrides it) kills its whole
-  process group (detail ``wall-clock limit (N s)``). At that deadline a program that is still computing
-  (its process tree used more than 1 % of a core since the last look, read from /proc) gets more
-  time, up to 10 x the backstop, so a CPU-bound program ends on its CPU limit however loaded the machine
-  is, and a program that mostly sleeps is still bounded. A throw-away temporary directory is the working directory and HOME; it is deleted
+  ``CPU time limit (N s)``); the parent also sums the CPU time of the program's whole process tree
+  every 0.5 s and kills it past the limit, so forking does not multiply it. CPU time does not run out
+  faster when programs share cores, so the verdict is the same alone, under the pipeline's concurrency
+  (4 programs at once) or under any other load. A program that waits without computing (sleep, a
+  blocked read) uses no CPU: a wall clock of ``wall_backstop(cpu_seconds)`` = 4 x cpu_seconds + 10 s
+  (``timeout=`` overrides it) kills its whole process group (detail ``wall-clock limit (N s): ...``).
+  At that deadline a program that is still computing (its process tree used more than 1 % of a core
+  since the last look, read from /proc) gets more time, up to 10 x the backstop, so a CPU-bound program
+  ends on its CPU limit however loaded the machine is, and one that mostly sleeps is still bounded.
+* A throw-away temporary directory is the working directory and HOME; it is deleted
   afterwards. stdin is /dev/null. The environment is built from scratch (PATH, LANG, HOME, TMPDIR,
   PYTHONHASHSEED=0 so set/dict order and hence verdicts are reproducible): nothing of the parent's
   environment (tokens, keys) is passed through.
