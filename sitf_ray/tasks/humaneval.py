@@ -18,7 +18,7 @@ from typing import Optional
 from ..data import STR, hub_rows, read_jsonl, source_path
 from ..sandbox import CPU_SECONDS
 from .base import Task, split_code_lines
-from .mbpp import fenced_blocks, pick_block
+from .code import fenced_blocks, pick_block
 
 FILE = "HumanEval.jsonl"
 SPEC = {"task_id": STR, "prompt": STR, "entry_point": STR, "canonical_solution": STR, "test": STR}

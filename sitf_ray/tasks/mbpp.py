@@ -39,6 +39,7 @@ from typing import Optional
 from ..data import INT, STR, STR_LIST, hub_rows, read_jsonl, source_path
 from ..sandbox import CPU_SECONDS
 from .base import DataError, Task, split_code_lines
+from .code import fenced_blocks, pick_block
 
 FILE = "mbpp.jsonl"
 SPEC = {"task_id": INT, "text": STR, "code": STR, "test_list": STR_LIST, "test_setup_code": STR}
@@ -130,57 +131,6 @@ def target(row: dict) -> Optional[str]:
 def split_steps(text: str) -> list[str]:
     """Code lines as written, blank lines kept with the next line: "\\n".join(steps) is the text itself."""
     return split_code_lines(text)
-
-
-# A fence line: ``` or ~~~ (3 or more), maybe indented (inside a list), maybe with an info string
-# ("python", "py", "Python3", "{python}", 'python title="x"', ...). Closed by the same character, at least
-# as long; a block still open at the end of the text (a cut-off generation) runs to the end.
-_FENCE_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*?)[ \t]*$")
-_NOT_PYTHON = re.compile(r"^\{?\s*(bash|sh|shell|console|text|txt|output|plaintext|json|yaml|toml|ini|"
-                         r"sql|c|cpp|java|js|javascript|diff)\b", re.I)
-_IMPORT = re.compile(r"^(?:import|from)\s+\w")
-
-
-def fenced_blocks(text: str) -> list[str]:
-    """The code of every fenced block in `text`, in order (blocks marked as another language skipped)."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    blocks, i = [], 0
-    while i < len(lines):
-        m = _FENCE_LINE.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        fence, indent, info = m.group("fence"), len(m.group("indent")), m.group("info")
-        body, i = [], i + 1
-        while i < len(lines):
-            close = _FENCE_LINE.match(lines[i])
-            if close and not close.group("info") and close.group("fence")[0] == fence[0] \
-                    and len(close.group("fence")) >= len(fence):
-                break
-            body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i])
-            i += 1
-        i += 1
-        if not _NOT_PYTHON.match(info):
-            blocks.append("\n".join(body))
-    return blocks
-
-
-def _defines(code: str, name: Optional[str]) -> bool:
-    fn = re.escape(name) if name else r"\w+"
-    return re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{fn}[ \t]*\(", code, re.M) is not None
-
-
-def pick_block(blocks: list[str], name: Optional[str]) -> Optional[str]:
-    """The block that defines `name` (the last one: a corrected version comes after the draft), else the
-    last that defines any function, else the first; imports of the other blocks are put in front of it."""
-    if not blocks:
-        return None
-    chosen = next((b for b in reversed(blocks) if _defines(b, name)), None) if name else None
-    if chosen is None:
-        chosen = next((b for b in reversed(blocks) if _defines(b, None)), blocks[0])
-    have = set(chosen.split("\n"))
-    imports = [ln for b in blocks if b is not chosen for ln in b.split("\n") if _IMPORT.match(ln) and ln not in have]
-    return "".join(ln + "\n" for ln in dict.fromkeys(imports)) + chosen
 
 
 _CODE_START = re.compile(r"^(def |class |import |from |@|[A-Za-z_][A-Za-z_0-9]*\s*=)")
