@@ -223,6 +223,33 @@ def test_confident_policy_batch_has_finite_orpo_gradients(tiny):
     assert grads and all(torch.isfinite(g).all() for g in grads.values())
 
 
+def test_sft_and_dpo_objectives_are_finite_at_their_edges(tiny):
+    """SFT/NLL with no labelled token is 0 (it was 0/0 = NaN); DPO and ORPO on the confident policy with a
+    reference equal to itself (margin 0) and with extreme logits keep finite losses and gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from sitf_ray.orpo import dpo_loss, sft_loss, token_nll
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    nll = token_nll(logits, torch.full((2, 5), -100))
+    nll.backward()
+    assert nll.item() == 0.0 and torch.isfinite(logits.grad).all()
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1e4)
+    ids = torch.tensor([[1, 5, 9, 12, 7, 2]])
+    labels = ids.clone()
+    labels[:, :2] = -100
+    ones = torch.ones_like(ids)
+    b = {"chosen_input_ids": ids, "chosen_attention_mask": ones, "chosen_labels": labels,
+         "rejected_input_ids": ids.flip(1), "rejected_attention_mask": ones, "rejected_labels": labels.flip(1)}
+    for loss_fn in (lambda: dpo_loss(model, b, 0.1, model), lambda: orpo_loss(model, b, 0.1),
+                    lambda: sft_loss(model, {"input_ids": ids, "attention_mask": ones, "labels": labels})):
+        model.zero_grad()
+        loss, _ = loss_fn()
+        loss.backward()
+        assert math.isfinite(loss.item()) and all(torch.isfinite(g).all() for g in _grads(model).values())
+
+
 def test_encode_example_never_exceeds_max_len(tiny):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny)

@@ -516,7 +516,8 @@ def test_one_cpu_time_limit_under_the_pipelines_concurrency():
     from sitf_ray.tasks import humaneval, mbpp
     assert CPU_SECONDS == 10 and wall_backstop(CPU_SECONDS) == 50
     assert mbpp.CPU_SECONDS == humaneval.CPU_SECONDS == CPU_SECONDS
-    burn = "import time\ndef f():\n    t = time.process_time()\n    while time.process_time() - t < 0.5:\n        pass\n    return 1\n"
+    burn = ("import time\ndef f():\n    t = time.process_time()\n    while time.process_time() - t < 0.5:\n"
+            "        pass\n    return 1\n")
     loop = "def f():\n    while True:\n        pass\n"
     items = [(burn, "assert f() == 1\n")] * 4 + [(loop, "assert f() == 1\n")] * 4
     res = check_many(items, workers=4, cpu_seconds=2)
