@@ -74,13 +74,13 @@ the harness has to assume the solution is hostile to the verdict. What decides `
    ``repr`` excepted, ``hash``, ``bool``, ``int``, ``float``, ``sorted``, ``sum``, ``min``, ``max``,
    ``any``, ``all``, ``set``, ``math.isclose``, ``math.fabs``, ``list.count``/``index``, ...; the
    items of a generator passed to them included) never call a method of an object whose class was made
-   in Python: against plain data such an object is unequal, and any other operation on it raises
-   TypeError, so the test fails. So every "dunder lie" (``__eq__``/``__lt__``/``__bool__`` that always
+   in Python: compared with anything (plain data or another such object) it is unequal, and any other
+   operation on it raises TypeError, so the test fails. So every "dunder lie" (``__eq__``/``__lt__``/``__bool__`` that always
    succeed, ``__sub__``/``__abs__``/``__mod__`` returning 0 for ``abs(f(x) - y) < tol``, ``__hash__``,
    ``__str__``, ``__len__``, ``__float__``, ``__round__``, ``__index__``, a lying ``__class__`` for
    ``isinstance``) is never asked. Objects of Python classes may still be built by the tests and passed
    to the solution's functions (MBPP's test_setup_code builds trees of the solution's Node class), and
-   two of them operated on or compared with each other use their own methods. The assert statement
+   their attributes read (``root.left.v == 2``). The assert statement
    itself raises the interpreter's own AssertionError (bytecode LOAD_ASSERTION_ERROR), so replacing
    ``builtins.AssertionError`` changes nothing.
 4. Tests see a private copy of the builtins taken before the solution ran, and before each assert the
@@ -104,14 +104,14 @@ test code* to the solution (2 of 974 MBPP tasks pass a lambda) lets the solution
 globals through ``__globals__``; re-patching a stdlib module from inside a call while one assert is
 being evaluated (restoration happens between asserts, and only for the listed modules); a helper that
 the tests call but the *solution* defines (HumanEval/32's ``poly`` comes with the prompt, and a
-completion can rebind it) runs unguarded; two solution-made objects operated on or compared with each
-other (``a, b = f(x); assert a == b``); augmented assignment (``total += f(x)``) and subscripts
+completion can rebind it) runs unguarded; augmented assignment (``total += f(x)``) and subscripts
 (``f(x)[0]``) run natively (their results are still checked when compared); a dict lookup with a
 solution-made key (``d[f(x)]``) uses its ``__hash__``/``__eq__``; a ``functools.partial`` of a C
 function is called as it is; bound methods of containers other than ``count``/``index``/``remove``
 and the comparison dunders. A legitimate but unusual solution can be failed by the hardening:
-returning an object of a pure-Python class (e.g. ``fractions.Fraction``) that the tests compare with,
-add to or pass to ``abs``/``round``/``str``/... (``repr`` and ``format`` still work), or using
+returning an object of a pure-Python class (e.g. ``fractions.Fraction``, or a class with an honest
+``__eq__``) that the tests compare with anything, even an equal object of the same class, add to or pass
+to ``abs``/``round``/``str``/... (attributes, ``repr`` and ``format`` still work), or using
 frames/tracebacks/signals itself (``sys._getframe`` raises ValueError, which namedtuple, typing and
 logging tolerate). The gold solutions of all MBPP and HumanEval tasks pass
 (``tests/test_sandbox.py::test_every_gold_solution_passes``, slow).

@@ -241,9 +241,7 @@ def _main():
         pa, pb = plain(a), plain(b)
         if pa is not OPAQUE and pb is not OPAQUE:
             return BINOPS[op](pa, pb)
-        if pa is OPAQUE and pb is OPAQUE:      # two custom objects: their own methods (as for ==)
-            return BINOPS[op](a, b)
-        raise untrusted("'%s'" % op, a, b)
+        raise untrusted("'%s'" % op, *[v for v in (a, b) if plain(v) is OPAQUE])
 
     def h_un(op, a):
         pa = plain(a)
@@ -333,26 +331,19 @@ def _main():
             return a is b
         if op == "is not":
             return a is not b
-        ca, cb = canon(a), canon(b)
-        if ca is not OPAQUE and cb is not OPAQUE:
+        ca, cb = plain(a), plain(b)
+        if ca is not OPAQUE and cb is not OPAQUE:   # plain data or C objects: C code compares them
             if op == "in":
                 return truth_value(contains(cb, ca))
             if op == "not in":
                 return not truth_value(contains(cb, ca))
             return truth_value(OPS[op](ca, cb))
-        if ca is OPAQUE and cb is OPAQUE:     # two custom objects (e.g. test_setup_code classes)
-            if op == "in":
-                return truth_value(contains(b, a))
-            if op == "not in":
-                return not truth_value(contains(b, a))
-            return truth_value(OPS[op](a, b))
-        # one untrusted object against plain data: never ask the untrusted object
+        # an object of a Python class on either side: never ask it (it could say anything)
         if op == "==" or op == "in":
             return False
         if op == "!=" or op == "not in":
             return True
-        raise TypeError_("sitf sandbox: %s between a %s and a %s object is not trusted"
-                         % (op, type_name(type_(a)), type_name(type_(b))))
+        raise untrusted("'%s'" % op, *[v for v in (a, b) if plain(v) is OPAQUE])
 
     def h_cmp(ops, *vals):
         for i in range_(len_(ops)):

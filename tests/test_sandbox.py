@@ -148,9 +148,8 @@ assert abs(root(16) - 4) < 1e-9
 assert smallest([5, 1, 4], 2) == [1, 4]
 assert 1 < root(2) < 2
 assert red() == 1
-assert node(3) == node(3)
-assert node(3) != node(4)
-assert half() == Fraction(1, 2)
+assert node(3) is not None and node(3).v == 3
+assert half().numerator == 1 and half().denominator == 2
 assert dec() == Decimal("1.10")
 assert nothing() is None
 assert nothing() != 0
@@ -335,6 +334,29 @@ def test_dunder_lie_tests_are_passable():
         body = next(v for k, v in honest.items() if what.startswith(k))
         r = check(f"import math\ndef f(x):\n    {body}\n", tests)
         assert r.status == "passed", (what, r)
+
+
+def test_objects_of_python_classes_are_never_asked():
+    """No method of an object whose class was made in Python decides a test, even against another such
+    object: a liar compared with a test-made Fraction or Node fails. The price (documented): an honest
+    Fraction or Node compared with another fails too. No MBPP or HumanEval test does that (all 1,138 gold
+    solutions pass: test_every_gold_solution_passes)."""
+    sol = LIAR + """
+from fractions import Fraction
+class Node:
+    def __init__(self, v):
+        self.v = v
+    def __eq__(self, other):
+        return isinstance(other, Node) and self.v == other.v
+def liar(): return Liar()
+def half(): return Fraction(1, 2)
+def node(v): return Node(v)
+"""
+    for tests in ("assert liar() == Fraction(1, 2)\n", "assert liar() == node(3)\n",
+                  "assert abs(liar() - Fraction(1, 2)) < 1e-9\n", "a, b = liar(), liar()\nassert a == b\n",
+                  "assert half() == Fraction(1, 2)\n", "assert node(3) == node(3)\n"):
+        r = check(sol, tests)
+        assert r.status == "failed", (tests, r)
 
 
 def test_humaneval_4_lying_sub_fails():
