@@ -75,14 +75,14 @@ the harness has to assume the solution is hostile to the verdict. What decides `
    ``any``, ``all``, ``set``, ``math.isclose``, ``math.fabs``, ``list.count``/``index``, ...; the
    items of a generator passed to them included) never call a method of an object whose class was made
    in Python: compared with anything (plain data or another such object) it is unequal, and any other
-   operation on it raises TypeError, so the test fails. So every "dunder lie" (``__eq__``/``__lt__``/``__bool__`` that always
-   succeed, ``__sub__``/``__abs__``/``__mod__`` returning 0 for ``abs(f(x) - y) < tol``, ``__hash__``,
-   ``__str__``, ``__len__``, ``__float__``, ``__round__``, ``__index__``, a lying ``__class__`` for
-   ``isinstance``) is never asked. Objects of Python classes may still be built by the tests and passed
-   to the solution's functions (MBPP's test_setup_code builds trees of the solution's Node class), and
-   their attributes read (``root.left.v == 2``). The assert statement
-   itself raises the interpreter's own AssertionError (bytecode LOAD_ASSERTION_ERROR), so replacing
-   ``builtins.AssertionError`` changes nothing.
+   operation on it raises TypeError, so the test fails. So every "dunder lie" (``__eq__``/``__lt__``/
+   ``__bool__`` that always succeed, ``__sub__``/``__abs__``/``__mod__`` returning 0 for
+   ``abs(f(x) - y) < tol``, ``__hash__``, ``__str__``, ``__len__``, ``__float__``, ``__round__``,
+   ``__index__``, a lying ``__class__`` for ``isinstance``) is never asked. Objects of Python classes
+   may still be built by the tests and passed to the solution's functions (MBPP's test_setup_code
+   builds trees of the solution's Node class), and their attributes read (``root.left.v == 2``). The
+   assert statement itself raises the interpreter's own AssertionError (bytecode
+   LOAD_ASSERTION_ERROR), so replacing ``builtins.AssertionError`` changes nothing.
 4. Tests see a private copy of the builtins taken before the solution ran, and before each assert the
    harness restores the module dicts (and ``sys.modules`` entries) of builtins, math, re,
    collections, itertools, functools, heapq, ... so monkeypatching e.g. ``math.isclose`` or
