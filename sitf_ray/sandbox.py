@@ -19,9 +19,10 @@ Containment (both entry points)
   (4 programs at once) or under any other load. A program that waits without computing (sleep, a
   blocked read) uses no CPU: a wall clock of ``wall_backstop(cpu_seconds)`` = 4 x cpu_seconds + 10 s
   (``timeout=`` overrides it) kills its whole process group (detail ``wall-clock limit (N s): ...``).
-  At that deadline a program that is still computing (its process tree used more than 1 % of a core
-  since the last look, read from /proc) gets more time, up to 10 x the backstop, so a CPU-bound program
-  ends on its CPU limit however loaded the machine is, and one that mostly sleeps is still bounded.
+  At that deadline a program that is still computing (its process tree used more than 2 % of a core
+  since the last look, read from /proc) gets more time, up to 3 x the backstop (150 s by default), so a
+  CPU-bound program ends on its CPU limit even on a heavily loaded machine (it needs 1/15 of a core),
+  and one that mostly sleeps is still bounded.
 * A throw-away temporary directory is the working directory and HOME; it is deleted
   afterwards. stdin is /dev/null. The environment is built from scratch (PATH, LANG, HOME, TMPDIR,
   PYTHONHASHSEED=0 so set/dict order and hence verdicts are reproducible): nothing of the parent's
@@ -382,7 +383,7 @@ def _execute(payload: dict, *, isolated: bool, timeout: float, limits: dict, out
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-_BUSY = 0.01        # a program using more than this share of a core is computing, not waiting
+_BUSY = 0.02        # a program using more than this share of a core is computing, not waiting
 
 
 def _tree_cpu(pid: int) -> float:
@@ -409,12 +410,12 @@ def _collect(proc, result_r, deadline, cap, cpu_limit):
     """Read stdout (head), stderr (tail) and the result pipe without ever holding more than the caps.
 
     At the wall-clock deadline a program still computing (more than _BUSY of a core since the last look)
-    gets more time, up to 10x the backstop, so that on a loaded machine it ends on its CPU limit; one
+    gets more time, up to 3x the backstop, so that on a loaded machine it ends on its CPU limit; one
     that waits is stopped. Every 0.5 s the process tree's CPU time is summed: past `cpu_limit` it is
     killed (RLIMIT_CPU alone counts each process apart, so a program could spread over several).
     Returns (stdout, stderr, result, why, the deadline in force)."""
     start = time.monotonic()
-    hard = start + 10 * max(0.0, deadline - start)
+    hard = start + 3 * max(0.0, deadline - start)
     step = max(1.0, (deadline - start) / 4)
     last_t, last_cpu, next_look = start, 0.0, start + 0.5
     sel = selectors.DefaultSelector()
