@@ -391,7 +391,7 @@ def bench_orpo(opts: dict) -> dict:
     trl_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     hp = {"lr": lr, "epochs": 1, "batch_size": bs, "warmup_steps": 0, "beta": beta, "min_lr_ratio": 1.0,
           "max_grad_norm": 1.0, "nll_on_prompt": True, "shuffle": False, "log_steps": True, "max_len": 256,
-          "max_prompt_len": 256}
+          "max_prompt_len": 255}
     job = FitJob(name=f"bench-orpo-{int(time.time())}", storage=str(work / "rt"), init_model=str(model),
                  out_dir=str(work / "ours"), objective="orpo", hp=hp, seed=0, workers=1, threads=1)
     t = time.time()

@@ -194,6 +194,13 @@ class TrainConfig(_Base):
     nll_on_prompt: bool = False               # True = TRL's ORPO (NLL over prompt + response)
     init_from: Literal["previous", "m0"] = "previous"   # M_{k+1} starts from M_k, or from M_0 each time
 
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.max_prompt_len >= self.max_len:
+            raise ValueError(f"train.max_prompt_len ({self.max_prompt_len}) must be less than train.max_len "
+                             f"({self.max_len}): a training sequence is the prompt plus at least one response token")
+        return self
+
 
 class EvalConfig(_Base):
     split: str = "test"

@@ -36,7 +36,10 @@ class LabelStats:
 
 
 def prefix_text(task: Task, row: dict, steps: list[str]) -> str:
-    """What the simulator continues: the question and the first steps, each closed by a newline."""
+    """What the simulator continues: the question and the first steps, each closed by a newline.
+
+    For code the steps are lossless (`base.split_code_lines`: blank lines travel with the next line), so
+    the prefix is exactly the beginning of the program the model wrote."""
     return task.prompt(row) + task.join_steps(steps) + "\n"
 
 

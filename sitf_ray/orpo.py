@@ -26,13 +26,20 @@ IGNORE = -100
 # -------------------------------------------------------------------------------------------- tokenising
 
 def encode_example(tok, prompt: str, response: str, max_len: int, max_prompt_len: int) -> tuple[list, list]:
-    """(input_ids, labels): BOS + prompt + response + EOS, prompt tokens masked; the prompt keeps its end."""
+    """(input_ids, labels): BOS + prompt + response + EOS, prompt tokens masked; the prompt keeps its end.
+
+    At most `max_len` tokens in all: the prompt is cut to `max_prompt_len` (keeping BOS and its end), the
+    response to what is left (EOS may be cut off). ValueError unless 1 <= max_prompt_len < max_len, so
+    that at least one response token is trained on.
+    """
+    if not 1 <= max_prompt_len < max_len:
+        raise ValueError(f"max_prompt_len ({max_prompt_len}) must be at least 1 and less than max_len ({max_len})")
     p = tok(prompt).input_ids
     r = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
     if len(p) > max_prompt_len:
-        p = p[:1] + p[-(max_prompt_len - 1):] if tok.bos_token_id is not None and p[0] == tok.bos_token_id \
-            else p[-max_prompt_len:]
-    r = r[:max(1, max_len - len(p))]
+        keep_bos = max_prompt_len > 1 and tok.bos_token_id is not None and p[0] == tok.bos_token_id
+        p = p[:1] + p[len(p) - (max_prompt_len - 1):] if keep_bos else p[len(p) - max_prompt_len:]
+    r = r[:max_len - len(p)]
     return p + r, [IGNORE] * len(p) + r
 
 
@@ -93,9 +100,22 @@ def collate(rows: list[dict], pad_id: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- losses
 
+LOG1MEXP_EDGE = -1e-6   # log(1 - exp(x)) is -inf at x = 0: inputs above this edge are clamped to it
+
+
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2."""
-    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    """log(1 - exp(x)) for x <= 0, stable on both sides of -ln 2 (Maechler 2012), gradient finite everywhere.
+
+    Each branch of the `torch.where` gets an input at which it is finite (its gradient is multiplied by 0
+    where unused, and 0 * inf = NaN would leak otherwise), and x is clamped to <= LOG1MEXP_EDGE, so at
+    x = 0 (a sequence of probability 1 in float32) the value is log(1e-6) = -13.8 with zero gradient
+    instead of -inf with a NaN gradient. Shape: elementwise, any shape.
+    """
+    x = x.clamp(max=LOG1MEXP_EDGE)
+    far = x < -math.log(2)
+    x_far = torch.where(far, x, torch.full_like(x, -1.0))    # log1p(-exp(x)) is accurate here
+    x_near = torch.where(far, torch.full_like(x, -0.5), x)   # log(-expm1(x)) is accurate here
+    return torch.where(far, torch.log1p(-torch.exp(x_far)), torch.log(-torch.expm1(x_near)))
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:
@@ -110,9 +130,12 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool) ->
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labelled tokens of the whole batch (as nn.CrossEntropyLoss)."""
-    return F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE)
+    """Mean cross-entropy over labelled tokens of the whole batch (as nn.CrossEntropyLoss); 0, not NaN,
+    when no token is labelled. logits [B, T, V], labels [B, T] (shifted here) -> scalar."""
+    flat = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(logits[:, :-1, :].reshape(-1, logits.shape[-1]).float(), flat, ignore_index=IGNORE,
+                            reduction="sum")
+    return total / (flat != IGNORE).sum().clamp(min=1)
 
 
 def _right_pad(t: torch.Tensor, n: int, value: int) -> torch.Tensor:

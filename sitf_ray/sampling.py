@@ -24,8 +24,9 @@ def sample_paths(pool, task: Task, rows: list[dict], n: int, temperature: float,
     """
     params = GenParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(task.stop))
     outs = pool.generate([task.prompt(r) for r in rows], params, seed=seed, desc=f"sample x{n}")
-    samples, stats = [], {"generated": 0, "kept": 0, "duplicates": 0, "invalid": 0, "truncated": 0, "tokens": 0,
-                          "correct": 0, "questions_with_correct": 0}
+    samples, texts = [], []
+    stats = {"generated": 0, "kept": 0, "duplicates": 0, "invalid": 0, "truncated": 0, "tokens": 0,
+             "correct": 0, "questions_with_correct": 0}
     for row, comps in zip(rows, outs):
         seen, kept_code = set(), []
         for j, c in enumerate(comps):
@@ -51,10 +52,12 @@ def sample_paths(pool, task: Task, rows: list[dict], n: int, temperature: float,
             path = task.join_steps(steps)
             stats["truncated"] += int(c.finish_reason == "length")
             samples.append({"id": f"{row['id']}-s{j}", "qid": row["id"], "path": path, "steps": steps,
-                            "answer": task.extract_answer(path), "correct": False, "n_tokens": c.n_tokens,
+                            "answer": task.extract_answer(c.text), "correct": False, "n_tokens": c.n_tokens,
                             "finish": c.finish_reason})
+            texts.append(c.text)
     by_id = {r["id"]: r for r in rows}
-    for s, ok in zip(samples, check_all(task, [by_id[s["qid"]] for s in samples], [s["path"] for s in samples])):
+    # judged on the text the model wrote (for code, path is that text too: code steps are lossless)
+    for s, ok in zip(samples, check_all(task, [by_id[s["qid"]] for s in samples], texts)):
         s["correct"] = ok
     stats["correct"] = sum(s["correct"] for s in samples)
     stats["questions_with_correct"] = len({s["qid"] for s in samples if s["correct"]})

@@ -10,8 +10,20 @@ Two entry points:
 
 Containment (both entry points)
 -------------------------------
-* One child process per program, started in a new session; the wall-clock timeout kills its whole
-  process group. A throw-away temporary directory is the working directory and HOME; it is deleted
+* One child process per program, started in a new session.
+* Time: ONE limit per program, ``cpu_seconds`` of CPU time (default ``CPU_SECONDS`` = 10 s; a few MBPP
+  gold solutions need ~1 s), enforced by RLIMIT_CPU in the child (SIGXCPU, status ``timeout``, detail
+  ``CPU time limit (N s)``); the parent also sums the CPU time of the program's whole process tree
+  every 0.5 s and kills it past the limit, so forking does not multiply it. CPU time does not run out
+  faster when programs share cores, so the verdict is the same alone, under the pipeline's concurrency
+  (4 programs at once) or under any other load. A program that waits without computing (sleep, a
+  blocked read) uses no CPU: a wall clock of ``wall_backstop(cpu_seconds)`` = 4 x cpu_seconds + 10 s
+  (``timeout=`` overrides it) kills its whole process group (detail ``wall-clock limit (N s): ...``).
+  At that deadline a program that is still computing (its process tree used more than 2 % of a core
+  since the last look, read from /proc) gets more time, up to 3 x the backstop (150 s by default), so a
+  CPU-bound program ends on its CPU limit even on a heavily loaded machine (it needs 1/15 of a core),
+  and one that mostly sleeps is still bounded.
+* A throw-away temporary directory is the working directory and HOME; it is deleted
   afterwards. stdin is /dev/null. The environment is built from scratch (PATH, LANG, HOME, TMPDIR,
   PYTHONHASHSEED=0 so set/dict order and hence verdicts are reproducible): nothing of the parent's
   environment (tokens, keys) is passed through.
@@ -52,16 +64,26 @@ the harness has to assume the solution is hostile to the verdict. What decides `
    must run (top-level asserts and those directly in ``def check``) ran at least once. So
    ``sys.exit(0)``, ``os._exit(0)``, ``raise SystemExit(0)``, dying by a signal, ``atexit`` tricks or
    printing any marker (the program does not know the nonce) all count as failed.
-3. The tests are compiled before the solution runs, and every ``assert`` in them is rewritten so its
-   value goes through the harness: comparisons (``==``, ``!=``, ``<``, ``in``, ...) and truth tests
-   are evaluated on *canonical copies* of the operands made only of builtin types (int, float, str,
-   list, dict, set, tuple, ... ; subclasses such as namedtuple or IntEnum are converted with the
-   builtin base type's own C methods). An object that overrides ``__eq__``/``__bool__``/``__lt__`` to
-   always succeed never gets asked: compared with plain data it is unequal (ordering and membership
-   raise). Two such objects compared with each other use their own methods (custom classes built by
-   MBPP's test_setup_code need that). The assert statement itself raises the interpreter's own
-   AssertionError (bytecode LOAD_ASSERTION_ERROR), so replacing ``builtins.AssertionError`` changes
-   nothing.
+3. The tests are compiled before the solution runs and rewritten (``sandbox_harness._rewrite``) so that
+   every operation the test code itself performs, inside asserts or not, goes through the harness, on
+   *plain values*: canonical copies made only of builtin types (int, float, str, list, dict, set,
+   tuple, ... ; subclasses such as namedtuple, IntEnum or a float subclass are converted with the
+   builtin base type's own C methods), or instances of C types (their methods are C code).
+   Comparisons (``==``, ``<``, ``in``, ...), truth tests (assert, if, while, ternaries,
+   comprehension filters, ``not``, ``and``/``or``), arithmetic (``+ - * / // % ** @ << >> & | ^``,
+   unary ``- + ~``) and calls of C functions that read a value (``abs``, ``round``, ``len``, ``str``,
+   ``repr`` excepted, ``hash``, ``bool``, ``int``, ``float``, ``sorted``, ``sum``, ``min``, ``max``,
+   ``any``, ``all``, ``set``, ``math.isclose``, ``math.fabs``, ``list.count``/``index``, ...; the
+   items of a generator passed to them included) never call a method of an object whose class was made
+   in Python: compared with anything (plain data or another such object) it is unequal, and any other
+   operation on it raises TypeError, so the test fails. So every "dunder lie" (``__eq__``/``__lt__``/
+   ``__bool__`` that always succeed, ``__sub__``/``__abs__``/``__mod__`` returning 0 for
+   ``abs(f(x) - y) < tol``, ``__hash__``, ``__str__``, ``__len__``, ``__float__``, ``__round__``,
+   ``__index__``, a lying ``__class__`` for ``isinstance``) is never asked. Objects of Python classes
+   may still be built by the tests and passed to the solution's functions (MBPP's test_setup_code
+   builds trees of the solution's Node class), and their attributes read (``root.left.v == 2``). The
+   assert statement itself raises the interpreter's own AssertionError (bytecode
+   LOAD_ASSERTION_ERROR), so replacing ``builtins.AssertionError`` changes nothing.
 4. Tests see a private copy of the builtins taken before the solution ran, and before each assert the
    harness restores the module dicts (and ``sys.modules`` entries) of builtins, math, re,
    collections, itertools, functools, heapq, ... so monkeypatching e.g. ``math.isclose`` or
@@ -81,13 +103,19 @@ a deliberate attacker who studies this harness. Known gaps: hand-written bytecod
 (``marshal.loads``) that reads interpreter memory; a test that passes a function *defined in the
 test code* to the solution (2 of 974 MBPP tasks pass a lambda) lets the solution reach the tests'
 globals through ``__globals__``; re-patching a stdlib module from inside a call while one assert is
-being evaluated (restoration happens between asserts, and only for the listed modules); an
-untrusted object leaking into arithmetic the test does itself (``abs(f(x) - y) < 1e-6`` with an
-``f(x)`` whose ``__sub__`` lies); two solution-made objects compared with each other. A legitimate
-but unusual solution can be failed by the hardening: comparing a pure-Python numeric type such as
-``fractions.Fraction`` with a plain number, asserting the truth value of a pure-Python object, or
-using frames/tracebacks/signals itself (``sys._getframe`` raises ValueError, which namedtuple,
-typing and logging tolerate). The gold solutions of all MBPP and HumanEval tasks pass.
+being evaluated (restoration happens between asserts, and only for the listed modules); a helper that
+the tests call but the *solution* defines (HumanEval/32's ``poly`` comes with the prompt, and a
+completion can rebind it) runs unguarded; augmented assignment (``total += f(x)``) and subscripts
+(``f(x)[0]``) run natively (their results are still checked when compared); a dict lookup with a
+solution-made key (``d[f(x)]``) uses its ``__hash__``/``__eq__``; a ``functools.partial`` of a C
+function is called as it is; bound methods of containers other than ``count``/``index``/``remove``
+and the comparison dunders. A legitimate but unusual solution can be failed by the hardening:
+returning an object of a pure-Python class (e.g. ``fractions.Fraction``, or a class with an honest
+``__eq__``) that the tests compare with anything, even an equal object of the same class, add to or pass
+to ``abs``/``round``/``str``/... (attributes, ``repr`` and ``format`` still work), or using
+frames/tracebacks/signals itself (``sys._getframe`` raises ValueError, which namedtuple, typing and
+logging tolerate). The gold solutions of all MBPP and HumanEval tasks pass
+(``tests/test_sandbox.py::test_every_gold_solution_passes``, slow).
 """
 from __future__ import annotations
 
@@ -107,6 +135,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 log = logging.getLogger(__name__)
@@ -116,6 +145,12 @@ _SANDBOX_DIR = "/sandbox"          # the work directory as seen inside bwrap
 _RESULT_CAP = 4096                 # bytes kept from the harness's result pipe
 _HARD_OUTPUT_FACTOR = 256          # kill a program that prints more than this x output_bytes
 _UID_RANGE = (1_500_000_000, 1_600_000_000)   # fresh uids for root runs (no real user has these)
+CPU_SECONDS = 10                   # the time limit of one program: CPU seconds (RLIMIT_CPU)
+
+
+def wall_backstop(cpu_seconds: float) -> float:
+    """Wall-clock seconds after which a program is killed although it has CPU time left (it is waiting)."""
+    return 4.0 * cpu_seconds + 10.0
 
 
 @dataclass
@@ -134,425 +169,9 @@ class SandboxResult:
 
 
 # ------------------------------------------------------------------------------------------ harness
-# Runs inside the child. Everything the check-mode helpers need (builtins included) is bound to
-# locals of _main before any untrusted code runs, so the helpers reach nothing through a globals or
-# builtins dict that a solution could modify. The harness defines no classes (a class would be
-# reachable through object.__subclasses__()).
-_HARNESS = r'''
-import sys, os
-
-
-def _main():
-    import resource, json, types, operator, ast, collections, builtins as real_builtins
-    write, read, close, getcwd, os_exit = os.write, os.read, os.close, os.getcwd, os._exit
-    flushes = (sys.stdout.flush, sys.stderr.flush)   # the real streams, whatever the solution rebinds
-    type_, bool_, len_, range_, iter_, str_, sum_, object_ = type, bool, len, range, iter, str, sum, object
-    int_, float_, complex_ = int, float, complex
-    list_, tuple_, set_, fset_, dict_, slice_, bytes_ = list, tuple, set, frozenset, dict, slice, bytes
-    BaseException_, TypeError_, ValueError_ = BaseException, TypeError, ValueError
-    PermissionError_, ImportError_ = PermissionError, ImportError
-    type_flags = type.__dict__["__flags__"].__get__
-    type_name = type.__dict__["__name__"].__get__
-    type_mro = type.__dict__["__mro__"].__get__
-    type_module = type.__dict__["__module__"].__get__
-    obj_setattr = object.__setattr__
-    exc_str = BaseException.__str__
-    int_add, float_float, complex_add = int.__add__, float.__float__, complex.__add__
-    str_str, bytes_getitem = str.__str__, bytes.__getitem__
-    list_iter, tuple_iter, set_iter, fset_iter, dict_items_of = (
-        list.__iter__, tuple.__iter__, set.__iter__, frozenset.__iter__, dict.items)
-
-    def _exit(code):
-        for flush in flushes:   # the program's prints are part of the result; os._exit skips flushing
-            try:
-                flush()
-            except BaseException_:
-                pass
-        os_exit(code)
-
-    # ---- privileges first (the kernel ignores RLIMIT_NPROC for uid 0, hence a fresh uid), then limits
-    uid = None if sys.argv[2] == "-" else int(sys.argv[2])
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        with open("/proc/self/status") as f:
-            capeff = [ln for ln in f if ln.startswith("CapEff:")]
-        if os.getresuid() != (uid, uid, uid) or not capeff or int(capeff[0].split()[1], 16) != 0:
-            write(2, b"sitf-sandbox: could not drop privileges\n")
-            _exit(125)
-    else:
-        try:  # non-dumpable: same-uid processes cannot read our memory via /proc/<pid>/mem
-            import ctypes
-            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)   # PR_SET_DUMPABLE = 4
-        except Exception:
-            pass
-        for m in ("ctypes", "_ctypes", "ctypes._endian"):
-            sys.modules.pop(m, None)
-    os.chdir(os.path.dirname(sys.argv[1]))   # after the switch: the work dir belongs to the new uid
-    with open(sys.argv[1], "rb") as f:
-        P = json.loads(f.read().decode("utf-8"))
-    os.unlink(sys.argv[1])
-    sys.modules["__main__"].__dict__.pop("builtins", None)
-    L = P["limits"]
-
-    def setl(res, soft, hard=None):
-        hard = soft if hard is None else hard
-        cur_hard = resource.getrlimit(res)[1]
-        if cur_hard != resource.RLIM_INFINITY:
-            hard = min(hard, cur_hard)
-            soft = min(soft, hard)
-        resource.setrlimit(res, (soft, hard))
-
-    setl(resource.RLIMIT_CPU, L["cpu"], L["cpu"] + 1)
-    setl(resource.RLIMIT_AS, L["mem"])
-    setl(resource.RLIMIT_FSIZE, L["fsize"])
-    setl(resource.RLIMIT_NPROC, L["nproc"])
-    setl(resource.RLIMIT_CORE, 0)
-    setl(resource.RLIMIT_NOFILE, L["nofile"])
-
-    if P["mode"] == "run":   # plain program: containment only, its exit status is the result
-        ns = sys.modules["__main__"].__dict__
-        code = compile(P["code"], "<program>", "exec")
-        del P
-        exec(code, ns)
-        return
-
-    # ---- check mode
-    nonce = read(P["nonce_fd"], 256).decode("ascii").strip()
-    close(P["nonce_fd"])
-    result_fd = P["result_fd"]
-
-    def report(kind, text, code):
-        try:
-            text = str_(text).replace("\r", " ").replace("\n", " | ")[:600]
-            write(result_fd, ("SITF-%s %s\n" % (kind, text)).encode("utf-8", "replace"))
-        finally:
-            _exit(code)
-
-    def exc_text(e):
-        try:
-            name = type_name(type_(e))
-            msg = exc_str(e)
-        except BaseException_:
-            return "exception"
-        return name + (": " + msg if msg else "")
-
-    # Tests are parsed, rewritten and compiled before the solution can touch ast/compile.
-    try:
-        test_code, site_lines, required = _rewrite(ast, ast.parse(P["tests"], "<tests>"))
-    except BaseException as e:
-        report("ERROR", "tests do not compile: " + exc_text(e), 3)
-    try:
-        sol_code = compile(P["solution"], "<solution>", "exec")
-    except BaseException as e:
-        report("FAIL", "solution does not compile: " + exc_text(e), 1)
-
-    # ---- canonical plain values: comparisons and truth tests never call solution-defined methods
-    OPAQUE = object()
-    IMMUTABLE = 1 << 8   # Py_TPFLAGS_IMMUTABLETYPE: C types; classes made in Python never have it
-    dict_keys, dict_values, dict_items = type({}.keys()), type({}.values()), type({}.items())
-    ATOMS = {int, float, complex, bool, str, bytes, bytearray, type(None), range, dict_values,
-             type(Ellipsis), type(NotImplemented)}
-    OrderedDict, defaultdict, deque = collections.OrderedDict, collections.defaultdict, collections.deque
-    SETLIKE = (set, frozenset, dict_keys, dict_items, deque)
-
-    def c_type(t):
-        return bool_(type_flags(t) & IMMUTABLE)
-
-    def canon(v, depth=0):
-        if depth > 60:
-            return OPAQUE
-        t = type_(v)
-        if t in ATOMS:
-            return v
-        d = depth + 1
-        if t is list_ or t is tuple_:
-            out = []
-            for x in (list_iter(v) if t is list_ else tuple_iter(v)):
-                c = canon(x, d)
-                if c is OPAQUE:
-                    return OPAQUE
-                out.append(c)
-            return out if t is list_ else tuple_(out)
-        if t is dict_ or t is defaultdict or t is OrderedDict:
-            items = []
-            for k, x in dict_items_of(v):
-                ck, cx = canon(k, d), canon(x, d)
-                if ck is OPAQUE or cx is OPAQUE:
-                    return OPAQUE
-                items.append((ck, cx))
-            return OrderedDict(items) if t is OrderedDict else dict_(items)
-        if t in SETLIKE:
-            out = []
-            for x in (set_iter(v) if t is set_ else fset_iter(v) if t is fset_ else iter_(v)):
-                c = canon(x, d)
-                if c is OPAQUE:
-                    return OPAQUE
-                out.append(c)
-            if t is deque:
-                return deque(out)
-            try:
-                return set_(out) if t is set_ else fset_(out)
-            except TypeError_:
-                return OPAQUE
-        if c_type(t) and type_module(t) == "decimal" and type_name(t) == "Decimal":
-            return v       # the C decimal type: its comparisons are C code
-        # Subclasses of plain types (namedtuple, IntEnum, Counter, ...): convert with the base's C code.
-        for base in type_mro(t):
-            try:
-                if base is int_:
-                    return int_add(v, 0)
-                if base is float_:
-                    return float_float(v)
-                if base is complex_:
-                    return complex_add(v, 0j)
-                if base is str_:
-                    return str_str(v)
-                if base is bytes_:
-                    return bytes_getitem(v, slice_(None))
-                if base is list_:
-                    return canon(list_(list_iter(v)), d)
-                if base is tuple_:
-                    return canon(tuple_(tuple_iter(v)), d)
-                if base is dict_:
-                    return canon(dict_(dict_items_of(v)), d)
-                if base is set_:
-                    return canon(set_(set_iter(v)), d)
-                if base is fset_:
-                    return canon(fset_(fset_iter(v)), d)
-            except BaseException_:
-                return OPAQUE
-        return OPAQUE
-
-    def truth_value(v):
-        if type_(v) is bool_:
-            return v
-        c = canon(v)
-        if c is not OPAQUE:
-            return bool_(c)
-        if c_type(type_(v)):       # C-implemented type (re.Match, datetime, ...): its bool is C code
-            return bool_(v)
-        raise TypeError_("sitf sandbox: the truth value of a %s object is not trusted" % type_name(type_(v)))
-
-    OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-           ">": operator.gt, ">=": operator.ge}
-    contains = operator.contains
-
-    def cmp1(op, a, b):
-        if op == "is":
-            return a is b
-        if op == "is not":
-            return a is not b
-        ca, cb = canon(a), canon(b)
-        if ca is not OPAQUE and cb is not OPAQUE:
-            if op == "in":
-                return truth_value(contains(cb, ca))
-            if op == "not in":
-                return not truth_value(contains(cb, ca))
-            return truth_value(OPS[op](ca, cb))
-        if ca is OPAQUE and cb is OPAQUE:     # two custom objects (e.g. test_setup_code classes)
-            if op == "in":
-                return truth_value(contains(b, a))
-            if op == "not in":
-                return not truth_value(contains(b, a))
-            return truth_value(OPS[op](a, b))
-        # one untrusted object against plain data: never ask the untrusted object
-        if op == "==" or op == "in":
-            return False
-        if op == "!=" or op == "not in":
-            return True
-        raise TypeError_("sitf sandbox: %s between a %s and a %s object is not trusted"
-                         % (op, type_name(type_(a)), type_name(type_(b))))
-
-    def h_cmp(ops, *vals):
-        for i in range_(len_(ops)):
-            if not cmp1(ops[i], vals[i], vals[i + 1]):
-                return False
-        return True
-
-    hits = [0] * len_(site_lines)
-    current = [None]
-
-    def h_truth(site, v):
-        hits[site] += 1
-        return truth_value(v)
-
-    def h_not(v):
-        return not truth_value(v)
-
-    # ---- module state restored before every assert
-    SNAP = ("builtins", "math", "cmath", "re", "collections", "itertools", "functools", "heapq",
-            "bisect", "string", "operator", "copy", "random", "types")
-    for name in SNAP:
-        __import__(name)
-    sys_modules, ModuleType, MISSING = sys.modules, types.ModuleType, object()
-    snaps = [(n, sys_modules[n], sys_modules[n].__dict__, dict(sys_modules[n].__dict__)) for n in SNAP]
-    private_builtins = dict(real_builtins.__dict__)
-    held = []    # replaced values stay referenced, so no __del__ can run in the middle of a restore
-
-    def restore():
-        for name, mod, md, saved in snaps:
-            if sys_modules.get(name) is not mod:
-                held.append(sys_modules.get(name))
-                sys_modules[name] = mod
-            if type_(mod) is not ModuleType:
-                obj_setattr(mod, "__class__", ModuleType)
-            for k, v in saved.items():
-                if md.get(k, MISSING) is not v:
-                    held.append(md.copy())
-                    md.update(saved)
-                    break
-
-    def h_pre(site):
-        current[0] = site
-        restore()
-
-    # ---- audit hook: no frames, no gc walking, no ctypes, no /proc, no processes, no sockets
-    BLOCK = frozenset([
-        "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
-        "sys.addaudithook", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
-        "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.popen",
-        "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink",
-        "os.link", "cpython.run_command", "cpython.run_file", "cpython.run_module"])
-    BLOCK_PREFIX = ("ctypes.", "socket.", "_posixsubprocess.", "mmap.")
-    BLOCK_IMPORT = frozenset([
-        "ctypes", "_ctypes", "signal", "_signal", "faulthandler", "_testcapi", "_testinternalcapi",
-        "_testbuffer", "_testmultiphase", "_xxsubinterpreters", "_xxinterpchannels", "_posixsubprocess",
-        "_tracemalloc", "tracemalloc"])
-    FRAME_ATTRS = frozenset(["tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"])
-    BAD_PATHS = ("/proc", "/sys", "/dev/fd")
-    fspath = os.fspath
-
-    def norm(path):
-        if not path.startswith("/"):
-            path = getcwd() + "/" + path
-        out = []
-        for part in path.split("/"):
-            if part == "" or part == ".":
-                continue
-            if part == "..":
-                if out:
-                    out.pop()
-            else:
-                out.append(part)
-        return "/" + "/".join(out)
-
-    def hook(event, args):
-        if event in BLOCK or event.startswith(BLOCK_PREFIX):
-            raise PermissionError_("sitf sandbox: %s is not allowed" % event)
-        if event == "sys._getframe":
-            raise ValueError_("sitf sandbox: frames are not available")   # namedtuple/logging tolerate this
-        if event == "object.__getattr__" and len_(args) > 1 and args[1] in FRAME_ATTRS:
-            raise PermissionError_("sitf sandbox: frame access is not allowed")
-        if event == "import" and args and str_(args[0]).partition(".")[0] in BLOCK_IMPORT:
-            raise ImportError_("sitf sandbox: import of %s is not allowed" % args[0])
-        if event == "open" and args:
-            p = args[0]
-            if type_(p) is not int_ and p is not None:
-                p = fspath(p)
-                if type_(p) is bytes_:
-                    p = p.decode("utf-8", "surrogateescape")
-                p = norm(p)
-                for bad in BAD_PATHS:
-                    if p == bad or p.startswith(bad + "/"):
-                        raise PermissionError_("sitf sandbox: opening %s is not allowed" % bad)
-
-    for m in ("signal", "_signal", "ctypes", "_ctypes"):
-        sys_modules.pop(m, None)
-    sys.addaudithook(hook)
-
-    # ---- run the solution, then the tests
-    sol_mod = ModuleType("__sitf_solution__")
-    sys_modules["__sitf_solution__"] = sol_mod
-    ns = sol_mod.__dict__
-    ns["__builtins__"] = real_builtins
-    try:
-        exec(sol_code, ns)
-    except BaseException_ as e:
-        report("FAIL", "solution raised " + exc_text(e), 1)
-    del P
-    tg = dict_(ns)
-    tg["__builtins__"] = dict_(private_builtins)
-    tg["__name__"] = "__sitf_tests__"
-    tg["__sitf_cmp"], tg["__sitf_truth"], tg["__sitf_not"], tg["__sitf_pre"] = h_cmp, h_truth, h_not, h_pre
-    try:
-        restore()
-        exec(test_code, tg)
-    except BaseException_ as e:
-        where = "" if current[0] is None else " (assert at tests line %d)" % site_lines[current[0]]
-        report("FAIL", exc_text(e) + where, 1)
-    missed = [site_lines[s] for s in required if hits[s] == 0]
-    if missed or sum_(hits) == 0:
-        report("FAIL", "not every assert ran (lines %s)" % missed if missed else "no assert ran", 1)
-    write(result_fd, ("SITF-PASS %s %d\n" % (nonce, sum_(hits))).encode("ascii"))
-    _exit(0)
-
-
-OPNAMES = {"Eq": "==", "NotEq": "!=", "Lt": "<", "LtE": "<=", "Gt": ">", "GtE": ">=", "Is": "is",
-           "IsNot": "is not", "In": "in", "NotIn": "not in"}
-
-
-def _rewrite(ast, tree):
-    # Route every assert through the harness; return (code, line of each site, required sites).
-    required_nodes = set()
-    for st in tree.body:
-        if isinstance(st, ast.Assert):
-            required_nodes.add(id(st))
-        elif isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef)) and st.name == "check":
-            required_nodes.update(id(s) for s in st.body if isinstance(s, ast.Assert))
-    lines, required = [], []
-
-    def call(name, args):
-        return ast.Call(func=ast.Name(id=name, ctx=ast.Load()), args=args, keywords=[])
-
-    def expr(node):   # inside an assert: comparisons and `not` go through the harness
-        for field, value in ast.iter_fields(node):
-            if isinstance(value, ast.AST):
-                setattr(node, field, expr(value))
-            elif isinstance(value, list):
-                setattr(node, field, [expr(v) if isinstance(v, ast.AST) else v for v in value])
-        if isinstance(node, ast.Compare):
-            ops = tuple(OPNAMES[type(op).__name__] for op in node.ops)
-            return call("__sitf_cmp", [ast.Constant(ops), node.left] + list(node.comparators))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            return call("__sitf_not", [node.operand])
-        return node
-
-    def stmts(body):
-        out = []
-        for node in body:
-            if isinstance(node, ast.Assert):
-                site = len(lines)
-                lines.append(node.lineno)
-                if id(node) in required_nodes:
-                    required.append(site)
-                node.test = call("__sitf_truth", [ast.Constant(site), expr(node.test)])
-                pre = ast.Expr(value=call("__sitf_pre", [ast.Constant(site)]))
-                out += [ast.copy_location(pre, node), node]
-                continue
-            visit(node)
-            out.append(node)
-        return out
-
-    def visit(node):   # find statement lists at any depth (function bodies, loops, if/try, ...)
-        for field, value in ast.iter_fields(node):
-            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
-                setattr(node, field, stmts(value))
-            elif isinstance(value, list):
-                for v in value:
-                    if isinstance(v, ast.AST):
-                        visit(v)
-            elif isinstance(value, ast.AST):
-                visit(value)
-
-    tree.body = stmts(tree.body)
-    ast.fix_missing_locations(tree)
-    return compile(tree, "<tests>", "exec"), lines, required
-
-
-_main()
-'''
+# The trusted harness is real Python in sandbox_harness.py; it is sent to the child as text (never
+# imported here: it runs only in the child, where __name__ == "sitf_harness").
+_HARNESS = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
 
 _BOOTSTRAP = ("import builtins\nexec(compile({src!r}, '<sitf-harness>', 'exec'), "
               "{{'__builtins__': builtins.__dict__.copy(), '__name__': 'sitf_harness'}})\n")
@@ -665,6 +284,8 @@ def sandbox_info() -> dict:
 
 # ------------------------------------------------------------------------------------- execution
 def _limits(cpu_seconds: int, memory_mb: int, max_file_mb: int, max_procs: int) -> dict:
+    if int(cpu_seconds) != cpu_seconds or cpu_seconds < 1:
+        raise ValueError(f"cpu_seconds must be a whole number of seconds >= 1 (RLIMIT_CPU), got {cpu_seconds!r}")
     return {"cpu": int(cpu_seconds), "mem": int(memory_mb) << 20, "fsize": int(max_file_mb) << 20,
             "nproc": int(max_procs), "nofile": 256}
 
@@ -737,11 +358,11 @@ def _execute(payload: dict, *, isolated: bool, timeout: float, limits: dict, out
             os.close(fd)
         fds_to_close = fds_to_close[2:]
         try:
-            out, err, res, why = _collect(proc, result_r, t0 + timeout, output_bytes)
+            out, err, res, why, deadline = _collect(proc, result_r, t0 + timeout, output_bytes, limits["cpu"])
             if why:
                 _kill(proc)
             try:
-                rc = proc.wait(timeout=max(0.1, t0 + timeout - time.monotonic()) if not why else 5)
+                rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()) if not why else 5)
             except subprocess.TimeoutExpired:
                 _kill(proc)
                 rc = proc.wait()
@@ -751,7 +372,7 @@ def _execute(payload: dict, *, isolated: bool, timeout: float, limits: dict, out
             proc.wait()
             raise
         return _verdict(payload["mode"], rc, out, err, res, why, nonce, time.monotonic() - t0,
-                        isolated, output_bytes)
+                        isolated, output_bytes, limits["cpu"], timeout)
     finally:
         for fd in fds_to_close:
             try:
@@ -761,8 +382,42 @@ def _execute(payload: dict, *, isolated: bool, timeout: float, limits: dict, out
         _rmtree(workdir)
 
 
-def _collect(proc, result_r, deadline, cap):
-    """Read stdout (head), stderr (tail) and the result pipe without ever holding more than the caps."""
+_TICKS = os.sysconf("SC_CLK_TCK")
+_BUSY = 0.02        # a program using more than this share of a core is computing, not waiting
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by process `pid` and all its descendants (bwrap, the harness, its children)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])      # utime, stime
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / _TICKS
+
+
+def _collect(proc, result_r, deadline, cap, cpu_limit):
+    """Read stdout (head), stderr (tail) and the result pipe without ever holding more than the caps.
+
+    At the wall-clock deadline a program still computing (more than _BUSY of a core since the last look)
+    gets more time, up to 3x the backstop, so that on a loaded machine it ends on its CPU limit; one
+    that waits is stopped. Every 0.5 s the process tree's CPU time is summed: past `cpu_limit` it is
+    killed (RLIMIT_CPU alone counts each process apart, so a program could spread over several).
+    Returns (stdout, stderr, result, why, the deadline in force)."""
+    start = time.monotonic()
+    hard = start + 3 * max(0.0, deadline - start)
+    step = max(1.0, (deadline - start) / 4)
+    last_t, last_cpu, next_look = start, 0.0, start + 0.5
     sel = selectors.DefaultSelector()
     streams = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err"}
     if result_r is not None:
@@ -773,10 +428,20 @@ def _collect(proc, result_r, deadline, cap):
     total, why = 0, ""
     try:
         while sel.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= next_look:
+                next_look = now + 0.5
+                if _tree_cpu(proc.pid) > cpu_limit + 0.5:
+                    why = "cpu"
+                    break
+            if now >= deadline:
+                cpu = _tree_cpu(proc.pid)
+                if now < hard and cpu - last_cpu > _BUSY * (now - last_t):
+                    deadline, last_t, last_cpu = min(hard, now + step), now, cpu
+                    continue
                 why = "timeout"
                 break
+            remaining = min(deadline, next_look) - now
             for key, _ in sel.select(remaining):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
@@ -803,16 +468,19 @@ def _collect(proc, result_r, deadline, cap):
         sel.close()
         proc.stdout.close()
         proc.stderr.close()
-    return bytes(out), bytes(err), bytes(res), why
+    return bytes(out), bytes(err), bytes(res), why, deadline
 
 
-def _verdict(mode, rc, out, err, res, why, nonce, seconds, isolated, cap) -> SandboxResult:
+def _verdict(mode, rc, out, err, res, why, nonce, seconds, isolated, cap, cpu, wall) -> SandboxResult:
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
     r = SandboxResult("failed", rc, stdout, stderr, round(seconds, 4), isolated)
     cpu_killed = rc is not None and rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
-    if why == "timeout" or cpu_killed:
-        r.status, r.detail = "timeout", "wall-clock limit" if why == "timeout" else "CPU time limit"
+    if why in ("timeout", "cpu") or cpu_killed:
+        r.status = "timeout"
+        r.detail = f"wall-clock limit ({wall:g} s)" if why == "timeout" else f"CPU time limit ({cpu} s)"
+        if why == "timeout":
+            r.detail += ": the program was waiting, not computing"
         return r
     if why == "output":
         r.detail = f"output limit exceeded (> {cap * _HARD_OUTPUT_FACTOR} bytes)"
@@ -840,20 +508,28 @@ def _verdict(mode, rc, out, err, res, why, nonce, seconds, isolated, cap) -> San
 
 
 # ------------------------------------------------------------------------------------------ API
-def run_program(code: str, *, timeout: float = 5.0, cpu_seconds: int = 5, memory_mb: int = 512,
+def run_program(code: str, *, cpu_seconds: int = CPU_SECONDS, timeout: Optional[float] = None, memory_mb: int = 512,
                 max_file_mb: int = 8, max_procs: int = 32, output_bytes: int = 64 * 1024) -> SandboxResult:
-    """Run a whole program; 'passed' means exit status 0 (the program controls that: see check_program)."""
+    """Run a whole program; 'passed' means exit status 0 (the program controls that: see check_program).
+
+    cpu_seconds: the time limit (CPU seconds, whole); timeout: the wall-clock backstop for a program that
+    waits, None = wall_backstop(cpu_seconds).
+    """
+    timeout = wall_backstop(cpu_seconds) if timeout is None else timeout
     return _execute({"mode": "run", "code": code}, isolated=bwrap_available(), timeout=timeout,
                     limits=_limits(cpu_seconds, memory_mb, max_file_mb, max_procs), output_bytes=output_bytes)
 
 
-def check_program(solution: str, tests: str, *, entry_point: Optional[str] = None, timeout: float = 5.0,
-                  cpu_seconds: int = 5, memory_mb: int = 512, max_file_mb: int = 8, max_procs: int = 32,
+def check_program(solution: str, tests: str, *, entry_point: Optional[str] = None, cpu_seconds: int = CPU_SECONDS,
+                  timeout: Optional[float] = None, memory_mb: int = 512, max_file_mb: int = 8, max_procs: int = 32,
                   output_bytes: int = 64 * 1024) -> SandboxResult:
     """Run `solution`, then `tests` (assert statements); 'passed' only if the harness saw them all pass.
 
     With `entry_point`, ``check(<entry_point>)`` is appended to the tests (HumanEval's protocol).
+    cpu_seconds: the time limit (CPU seconds for solution and tests together, whole seconds); timeout: the
+    wall-clock backstop for a program that waits, None = wall_backstop(cpu_seconds).
     """
+    timeout = wall_backstop(cpu_seconds) if timeout is None else timeout
     if entry_point is not None:
         if not entry_point.isidentifier():
             raise ValueError(f"entry_point must be an identifier, got {entry_point!r}")

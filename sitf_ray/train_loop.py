@@ -193,6 +193,7 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
     queue, last_put = job.get("progress_queue"), 0.0
     first_step_at = last_step_at = None        # wall-clock times, for start-up and throughput figures
     start_epoch, step, history, best = 0, 0, [], None
+    bad_run, skipped = 0, 0           # non-finite steps: in a row now, and in this epoch
     best_state, bad_evals = None, 0
     if resume is not None:
         with resume.as_directory() as d:
@@ -227,7 +228,7 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
             batches = length_grouped_batches(row_lens, per_worker_bs, rng)
         else:   # stream order (used to compare step by step with another trainer)
             batches = [list(range(i, min(i + per_worker_bs, len(rows)))) for i in range(0, len(rows), per_worker_bs)]
-        step_losses, acc_loss = [], 0.0
+        step_losses, acc_loss, loss_ok = [], 0.0, True
         for bi, idx in enumerate(batches):
             batch_rows = [rows[i] for i in idx]
             b = prm_collate(batch_rows, pad_id) if objective == "prm" else collate(batch_rows, pad_id)
@@ -242,9 +243,17 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
                 sums[k] = sums.get(k, 0.0) + v
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             n_seen += 1
+            loss_ok = loss_ok and math.isfinite(loss.item())
             if (bi + 1) % accum == 0 or bi == n_batches - 1:
-                torch.nn.utils.clip_grad_norm_(params, float(hp.get("max_grad_norm", 1.0)))
-                opt.step()
+                norm = torch.nn.utils.clip_grad_norm_(params, float(hp.get("max_grad_norm", 1.0)))
+                if step_is_finite(loss_ok, norm, world):
+                    opt.step()
+                    bad_run = 0
+                else:   # NaN/inf loss or gradient: never apply it; stop when it keeps happening
+                    bad_run, skipped = bad_run + 1, skipped + 1
+                    skip_or_stop(name, step + 1, bad_run, int(hp.get("max_nonfinite_steps", 3)),
+                                 acc_loss, float(norm))
+                loss_ok = True
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
@@ -264,6 +273,7 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
                     break
         metrics = {k: v / max(1, n_seen) for k, v in sums.items()}
         metrics = _allreduce_mean(metrics, world)
+        metrics["skipped_steps"], skipped = skipped, 0
         if hp.get("log_steps"):
             metrics["step_losses"] = step_losses
         metrics.update(epoch=epoch + 1, step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_ep)
@@ -282,6 +292,7 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
 
         last = epoch + 1 == epochs or stop
         if not last and (epoch + 1) % int(job.get("ckpt_every", 1)) == 0:
+            assert_finite_weights(model, name, f"the checkpoint after epoch {epoch + 1}")
             with tempfile.TemporaryDirectory() as d:
                 if rank == 0:
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -299,6 +310,7 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
         if rank == 0:
             if best_state is not None:
                 model.load_state_dict(best_state)
+            assert_finite_weights(model, name, "the final model")
             save_final(model, tok, job, Path(d) / "model")
             info = {"steps": step, "epochs": len(history), "history": history, "best": best,
                     "first_step_at": first_step_at, "last_step_at": last_step_at}
@@ -307,6 +319,40 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
                          checkpoint=Checkpoint.from_directory(d) if rank == 0 else None,
                          checkpoint_dir_name=final_checkpoint_name(name))
     prof("final reported")
+
+
+def step_is_finite(loss_ok: bool, grad_norm, world: int) -> bool:
+    """May this optimizer step be applied? False when a micro-batch loss on this worker was NaN/inf or the
+    (all-reduced, so same on every worker) gradient norm is; with DDP the verdict is agreed by all workers,
+    so they skip together and stay in sync. grad_norm: clip_grad_norm_'s total norm (a 0-d tensor)."""
+    import torch
+    ok = bool(loss_ok) and bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
+    if world > 1:
+        import torch.distributed as dist
+        flag = torch.tensor([0.0 if ok else 1.0])
+        dist.all_reduce(flag)
+        ok = flag.item() == 0.0
+    return ok
+
+
+def skip_or_stop(name: str, step: int, bad_run: int, max_bad: int, loss: float, grad_norm: float) -> None:
+    """Warn about a skipped non-finite step; RuntimeError naming the fit and step after `max_bad` in a row."""
+    import warnings
+    if bad_run > max_bad:
+        raise RuntimeError(f"fit {name!r}: step {step} is the {bad_run}th optimizer step in a row with a non-finite "
+                           f"loss or gradient (loss {loss}, gradient norm {grad_norm}); training stopped "
+                           f"(hp max_nonfinite_steps={max_bad}). Lower the learning rate or check the data.")
+    warnings.warn(f"fit {name!r}: step {step} skipped: non-finite loss or gradient (loss {loss}, gradient norm "
+                  f"{grad_norm}); {bad_run} in a row", RuntimeWarning, stacklevel=2)
+
+
+def assert_finite_weights(model, name: str, what: str) -> None:
+    """RuntimeError instead of writing NaN/inf weights to `what` (a checkpoint or the final model)."""
+    import torch
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise RuntimeError(f"fit {name!r}: {len(bad)} weight tensors hold NaN/inf (first: {bad[0]}); "
+                           f"{what} is not written")
 
 
 def shard_rows(shard) -> list[dict]:
@@ -325,7 +371,8 @@ def encode(objective: str, rows: list[dict], tok, hp: dict) -> list[dict]:
         return prm_encode_rows(rows, tok, int(hp.get("max_len", 512)), bool(hp.get("soft", False)))
     from .orpo import encode_rows
     kind = "pairs" if objective in ("orpo", "dpo") else "sft"
-    return encode_rows(rows, tok, kind, int(hp.get("max_len", 512)), int(hp.get("max_prompt_len", 256)))
+    max_len = int(hp.get("max_len", 512))
+    return encode_rows(rows, tok, kind, max_len, int(hp.get("max_prompt_len", min(256, max_len // 2))))
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random, window: int = 16) -> list:

@@ -35,6 +35,12 @@ def test_defaults_and_overrides(tmp_path):
      "weight_sync=nccl use lora_generation=adapter or auto"),
     (["task.max_gold_steps=2"], "task: max_gold_steps applies to gsm8k only, not 'arith'"),
     (["train.beta"], "override 'train.beta': expected key=value, e.g. orpo.beta=0.1"),
+    (["train.max_len=256", "train.max_prompt_len=256"],
+     "train: train.max_prompt_len (256) must be less than train.max_len (256): a training sequence is the prompt "
+     "plus at least one response token"),
+    (["train.max_prompt_len=300"],
+     "train: train.max_prompt_len (300) must be less than train.max_len (256): a training sequence is the prompt "
+     "plus at least one response token"),
 ])
 def test_errors_name_the_key(overrides, message):
     with pytest.raises(C.ConfigError) as e:

@@ -178,3 +178,180 @@ def test_training_steps_reach_the_driver_progress_bar(tiny, tmp_path, ray_sessio
     err = capfd.readouterr().err
     assert res.steps == 2 * math.ceil(len(PAIRS) * 4 / 4)
     assert "[train] progress" in err and f"{res.steps}/{res.steps}" in err and "loss " in err
+
+
+# ------------------------------------------------------------------------------------ numerics at the edges
+@pytest.mark.parametrize("x", [0.0, -1e-12, -1e-9, -1e-7, -1e-6, -1e-3, -math.log(2) + 1e-6, -math.log(2),
+                               -math.log(2) - 1e-6, -1.0, -20.0, -100.0, -1e4])
+def test_log1mexp_value_and_gradient_are_finite_at_the_edges(x):
+    """x = -1e-9 gave a NaN gradient (the unused branch of torch.where leaked it); x = 0 gave -inf."""
+    from sitf_ray.orpo import LOG1MEXP_EDGE, log1mexp
+    t = torch.tensor([x], dtype=torch.float32, requires_grad=True)
+    y = log1mexp(t)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(t.grad).all(), (y, t.grad)
+    ref = math.log(-math.expm1(min(x, LOG1MEXP_EDGE)))          # float64 reference (clamped at the edge)
+    assert abs(y.item() - ref) <= 1e-5 * max(1.0, abs(ref))
+
+
+def test_confident_policy_batch_has_finite_orpo_gradients(tiny):
+    """A policy whose chosen tokens have a huge logit margin: the chosen mean log-prob is exactly 0 in float32,
+    the edge where log(1 - p_w) is -inf. Every gradient must stay finite (it was all NaN)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1e4)          # logits x 1e4: the greedy tokens get probability 1
+        prompt = tok(PAIRS[0]["prompt"], return_tensors="pt").input_ids
+        chosen = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)[0]
+    n_prompt = prompt.shape[1]
+    rejected = chosen.clone()
+    rejected[n_prompt:] = (chosen[n_prompt:] + 7) % len(tok)   # other tokens: very unlikely
+    labels_c = chosen.clone()
+    labels_c[:n_prompt] = -100
+    labels_r = rejected.clone()
+    labels_r[:n_prompt] = -100
+    ones = torch.ones_like(chosen)[None]
+    b = {"chosen_input_ids": chosen[None], "chosen_attention_mask": ones, "chosen_labels": labels_c[None],
+         "rejected_input_ids": rejected[None], "rejected_attention_mask": ones, "rejected_labels": labels_r[None]}
+    model.zero_grad()
+    loss, m = orpo_loss(model, b, beta=0.1)
+    loss.backward()
+    assert m["logp_chosen"] == 0.0            # the edge is really hit
+    assert math.isfinite(loss.item())
+    grads = _grads(model)
+    assert grads and all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_sft_and_dpo_objectives_are_finite_at_their_edges(tiny):
+    """SFT/NLL with no labelled token is 0 (it was 0/0 = NaN); DPO and ORPO on the confident policy with a
+    reference equal to itself (margin 0) and with extreme logits keep finite losses and gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from sitf_ray.orpo import dpo_loss, sft_loss, token_nll
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    nll = token_nll(logits, torch.full((2, 5), -100))
+    nll.backward()
+    assert nll.item() == 0.0 and torch.isfinite(logits.grad).all()
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1e4)
+    ids = torch.tensor([[1, 5, 9, 12, 7, 2]])
+    labels = ids.clone()
+    labels[:, :2] = -100
+    ones = torch.ones_like(ids)
+    b = {"chosen_input_ids": ids, "chosen_attention_mask": ones, "chosen_labels": labels,
+         "rejected_input_ids": ids.flip(1), "rejected_attention_mask": ones, "rejected_labels": labels.flip(1)}
+    for loss_fn in (lambda: dpo_loss(model, b, 0.1, model), lambda: orpo_loss(model, b, 0.1),
+                    lambda: sft_loss(model, {"input_ids": ids, "attention_mask": ones, "labels": labels})):
+        model.zero_grad()
+        loss, _ = loss_fn()
+        loss.backward()
+        assert math.isfinite(loss.item()) and all(torch.isfinite(g).all() for g in _grads(model).values())
+
+
+def test_encode_example_never_exceeds_max_len(tiny):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny)
+    long_prompt = "Question: " + "Ann has 3 pens and buys 4 more. " * 20 + "\nAnswer:\n"
+    long_answer = "3 + 4 = 7\n" * 30 + "The answer is 7"
+    for max_len in (16, 40):
+        for max_prompt_len in range(1, max_len):
+            for prompt, resp in ((long_prompt, long_answer), ("Q", "7"), (long_prompt, "7"), ("Q", long_answer)):
+                ids, labels = encode_example(tok, prompt, resp, max_len, max_prompt_len)
+                assert len(ids) == len(labels) <= max_len
+                assert sum(x != -100 for x in labels) >= 1
+                assert sum(x == -100 for x in labels) <= max_prompt_len
+    for max_prompt_len in (16, 17):   # was accepted and gave 17 tokens for max_len 16
+        with pytest.raises(ValueError, match="max_prompt_len .* less than max_len"):
+            encode_example(tok, long_prompt, long_answer, 16, max_prompt_len)
+
+
+def test_step_guard_verdicts():
+    from sitf_ray.train_loop import skip_or_stop, step_is_finite
+    assert step_is_finite(True, torch.tensor(3.0), 1)
+    assert not step_is_finite(False, torch.tensor(3.0), 1)
+    assert not step_is_finite(True, torch.tensor(float("nan")), 1)
+    assert not step_is_finite(True, torch.tensor(float("inf")), 1)
+    with pytest.warns(RuntimeWarning, match="fit 'f': step 7 skipped"):
+        skip_or_stop("f", 7, 3, 3, float("nan"), float("nan"))
+    with pytest.raises(RuntimeError, match="fit 'f': step 8 is the 4th optimizer step in a row"):
+        skip_or_stop("f", 8, 4, 3, float("nan"), float("nan"))
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_fit(tiny, tmp_path, ray_session):
+    """A loss that is NaN on every batch (beta = NaN) through the real loop, 4 steps an epoch, at most 5 bad
+    steps in a row: epoch 1's steps are skipped (its checkpoint holds the initial, finite weights), and the
+    6th bad step in a row stops the fit with an error naming the fit and the step."""
+    import ray.data
+    from safetensors.torch import load_file
+
+    from sitf_ray.trainer import SESSION_NAME, FitJob, fit
+    hp = {"lr": 1e-2, "epochs": 2, "batch_size": 4, "warmup_steps": 0, "beta": float("nan"), "max_len": 256,
+          "max_prompt_len": 128, "max_nonfinite_steps": 5}
+    job = FitJob(name="nan-stop", storage=str(tmp_path / "rt"), init_model=str(tiny), out_dir=str(tmp_path / "x"),
+                 objective="orpo", hp=hp, seed=0, workers=1, threads=1, max_failures=0)
+    with pytest.raises(Exception, match=r"fit 'nan-stop': step 6 is the 6th optimizer step in a row"):
+        fit(job, {"train": ray.data.from_items(PAIRS * 4)})
+    states = sorted((tmp_path / "rt" / SESSION_NAME).glob("nan-stop__epoch*/state.pt"))
+    assert len(states) == 1 and not (tmp_path / "x").exists()
+    state = torch.load(states[0], weights_only=False)
+    assert state["epoch"] == 1 and state["history"][0]["skipped_steps"] == 4
+    init = load_file(f"{tiny}/model.safetensors")
+    assert all(torch.equal(state["model"][k], init[k]) for k in init)
+
+
+@pytest.mark.slow   # ~100 s: three fits, one in a separate driver process
+def test_resume_after_the_driver_is_killed_at_an_epoch_checkpoint(tiny, tmp_path, ray_session):
+    """A driver SIGKILLed right after the first epoch's checkpoint landed; re-running the same fit resumes at
+    that epoch boundary and ends with the same steps, history (but wall times) and weights as a fit never
+    interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from sitf_ray.trainer import SESSION_NAME, close_session
+    rows = PAIRS * 6
+    hp = {"lr": 3e-3, "epochs": 3, "batch_size": 4, "warmup_steps": 2, "beta": 0.1}
+    clean = _fit(tiny, tmp_path, "clean", 1, rows, hp)
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    driver = ("import json, sys, ray.data\n"
+              "sys.path.insert(0, %r)\n"
+              "from test_orpo import _fit\n"
+              "from pathlib import Path\n"
+              "_fit(Path(%r), Path(%r), 'cut', 1, json.loads(Path(%r).read_text()), json.loads(%r))\n"
+              % (os.path.dirname(__file__), str(tiny), str(tmp_path), str(tmp_path / "rows.json"), json.dumps(hp)))
+    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir, deadline, state = tmp_path / "rt" / SESSION_NAME, time.time() + 300, None
+    try:   # kill as soon as Ray Train has committed the epoch-1 checkpoint (its snapshot names it)
+        while state is None and time.time() < deadline and proc.poll() is None:
+            snap = run_dir / "checkpoint_manager_snapshot.json"
+            try:
+                names = [c["checkpoint_dir_name"] for c in json.loads(snap.read_text())["checkpoint_results"]]
+            except (OSError, ValueError, KeyError):
+                names = []
+            state = next((run_dir / n / "state.pt" for n in names
+                          if n.startswith("cut__epoch") and (run_dir / n / "state.pt").exists()), None)
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert state is not None, "no committed epoch checkpoint before the driver ended"
+    saved = torch.load(state, weights_only=False)
+    assert saved["epoch"] == 1
+    close_session()      # this process now plays the restarted driver: a new session, restored from storage
+    resumed = _fit(tiny, tmp_path, "cut", 1, rows, hp)
+    assert resumed.history[0]["seconds"] == saved["history"][0]["seconds"], "did not resume from the checkpoint"
+
+    def strip(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert resumed.steps == clean.steps and resumed.epochs == clean.epochs == 3
+    assert strip(resumed.history) == strip(clean.history)
+    a, b = load_file(f"{clean.out_dir}/model.safetensors"), load_file(f"{resumed.out_dir}/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -148,9 +148,8 @@ assert abs(root(16) - 4) < 1e-9
 assert smallest([5, 1, 4], 2) == [1, 4]
 assert 1 < root(2) < 2
 assert red() == 1
-assert node(3) == node(3)
-assert node(3) != node(4)
-assert half() == Fraction(1, 2)
+assert node(3) is not None and node(3).v == 3
+assert half().numerator == 1 and half().denominator == 2
 assert dec() == Decimal("1.10")
 assert nothing() is None
 assert nothing() != 0
@@ -247,6 +246,192 @@ def test_lying_subclasses_of_builtins_fail():
     assert check(sol, "assert add(0, 0) == 0\nassert pair() == [0]\n").status == "passed"   # honest values still equal
 
 
+# The dunder-lie family (issue 14): values the tests compute with must be what they claim to be. Each
+# program returns an object that lies through one method; `honest` is a right answer for the same tests.
+LIAR = """
+import math
+class Liar:
+    def __eq__(self, o): return True
+    def __ne__(self, o): return False
+    def __lt__(self, o): return True
+    def __le__(self, o): return True
+    def __gt__(self, o): return True
+    def __ge__(self, o): return True
+    def __bool__(self): return True
+    def __hash__(self): return hash(0.5)
+    def __sub__(self, o): return 0.0
+    def __rsub__(self, o): return 0.0
+    def __add__(self, o): return self
+    def __radd__(self, o): return self
+    def __mul__(self, o): return 0
+    def __mod__(self, o): return 0
+    def __abs__(self): return 0.0
+    def __neg__(self): return self
+    def __float__(self): return 0.5
+    def __int__(self): return 3
+    def __index__(self): return 3
+    def __round__(self, n=None): return 0.33
+    def __len__(self): return 3
+    def __str__(self): return "abc"
+    def __format__(self, spec): return "abc"
+    def __contains__(self, x): return True
+    def __iter__(self): return iter([Liar(), Liar(), Liar()])
+    @property
+    def __class__(self): return float
+class LyingFloat(float):
+    def __sub__(self, o): return 0.0
+    def __rsub__(self, o): return 0.0
+    def __abs__(self): return 0.0
+    def __round__(self, n=None): return 0.33
+    def __mod__(self, o): return 0
+    def __str__(self): return "abc"
+    def __bool__(self): return True
+class LyingList(list):
+    def __len__(self): return 3
+    def __iter__(self): return iter([1, 2, 3])
+"""
+HACKS = [   # (what lies, solution body of f, the tests)
+    ("__sub__ in abs(f(x) - y) < tol (HumanEval/4)", "return Liar()", "assert abs(f(1) - 2.0 / 3.0) < 1e-6\n"),
+    ("__rsub__ in abs(y - f(x)) < tol", "return Liar()", "assert abs(2.0 / 3.0 - f(1)) < 1e-6\n"),
+    ("__abs__ after a lying __add__", "return Liar()", "assert abs(f(1) + 1) < 1e-6\n"),
+    ("float subclass __sub__/__abs__", "return LyingFloat(7.0)", "assert abs(f(1) - 0.5) < 1e-6\n"),
+    ("__eq__ / __ne__", "return Liar()", "assert f(1) == 0.5\nassert not f(1) != 0.5\n"),
+    ("__lt__ / __gt__ (a range check)", "return Liar()", "assert 0.49 < f(1) < 0.51\n"),
+    ("__bool__ in assert/and/or/if", "return Liar()",
+     "assert f(1)\nassert f(1) and 1\nok = 1 if f(1) else 0\nassert ok == 1\n"),
+    ("__bool__ through all() over a generator", "return Liar()", "assert all(f(i) for i in range(3))\n"),
+    ("__hash__", "return Liar()", "assert hash(f(1)) == hash(0.5)\n"),
+    ("__str__ / float subclass __str__", "return LyingFloat(7.0)", "assert str(f(1)) == 'abc'\n"),
+    ("__str__ of a custom object", "return Liar()", "assert str(f(1)) == 'abc'\n"),
+    ("__float__ through math.isclose", "return Liar()", "assert math.isclose(f(1), 0.5)\n"),
+    ("__round__", "return LyingFloat(7.0)", "assert round(f(1), 2) == 0.33\n"),
+    ("__mod__ / __mul__", "return Liar()", "assert f(1) % 2 == 0\nassert f(1) * 3 == 0\n"),
+    ("__len__ of a list subclass and of an object", "return LyingList([9])", "assert len(f(1)) == 3\n"),
+    ("__iter__ of a list subclass", "return LyingList([9])", "assert sorted(f(1)) == [1, 2, 3]\n"),
+    ("__contains__", "return Liar()", "assert 0.5 in f(1)\n"),
+    ("__class__ for isinstance", "return Liar()", "assert isinstance(f(1), float) and f(1) == 0.5\n"),
+    ("sum() over lying items", "return [Liar(), Liar()]", "assert abs(sum(f(1)) - 1.0) < 1e-6\n"),
+    ("int() / __index__", "return Liar()", "assert int(f(1)) == 3\nassert [0, 1, 2, 3][f(1)] == 3\n"),
+]
+
+
+@pytest.mark.parametrize("what,body,tests", HACKS, ids=[h[0] for h in HACKS])
+def test_dunder_lies_never_pass(what, body, tests):
+    r = check(LIAR + f"def f(x):\n    {body}\n", tests)
+    assert r.status == "failed", (what, r)
+
+
+def test_dunder_lie_tests_are_passable():
+    """The HACKS tests are not impossible: honest values pass every one that has a single right answer."""
+    honest = {"__sub__": "return 2.0 / 3.0", "__rsub__": "return 2.0 / 3.0", "__abs__": "return -1",
+              "float subclass": "return 0.5", "__eq__": "return 0.5", "__lt__": "return 0.5",
+              "__bool__ in": "return 0.5", "__bool__ through": "return 1", "__hash__": "return 0.5",
+              "__float__": "return 0.5", "__round__": "return 0.331", "__mod__": "return 0",
+              "__len__": "return [1, 2, 3]", "__iter__": "return [3, 2, 1]", "__contains__": "return [0.5]",
+              "__class__": "return 0.5", "sum()": "return [0.25, 0.75]", "int()": "return 3",
+              "__str__ /": "return 'abc'", "__str__ of": "return 'abc'"}
+    for what, _, tests in HACKS:
+        body = next(v for k, v in honest.items() if what.startswith(k))
+        r = check(f"import math\ndef f(x):\n    {body}\n", tests)
+        assert r.status == "passed", (what, r)
+
+
+def test_objects_of_python_classes_are_never_asked():
+    """No method of an object whose class was made in Python decides a test, even against another such
+    object: a liar compared with a test-made Fraction or Node fails. The price (documented): an honest
+    Fraction or Node compared with another fails too. No MBPP or HumanEval test does that (all 1,138 gold
+    solutions pass: test_every_gold_solution_passes)."""
+    sol = LIAR + """
+from fractions import Fraction
+class Node:
+    def __init__(self, v):
+        self.v = v
+    def __eq__(self, other):
+        return isinstance(other, Node) and self.v == other.v
+def liar(): return Liar()
+def half(): return Fraction(1, 2)
+def node(v): return Node(v)
+"""
+    for tests in ("assert liar() == Fraction(1, 2)\n", "assert liar() == node(3)\n",
+                  "assert abs(liar() - Fraction(1, 2)) < 1e-9\n", "a, b = liar(), liar()\nassert a == b\n",
+                  "assert half() == Fraction(1, 2)\n", "assert node(3) == node(3)\n"):
+        r = check(sol, tests)
+        assert r.status == "failed", (tests, r)
+
+
+def test_humaneval_4_lying_sub_fails():
+    """The issue's example on the real task: HumanEval/4's asserts are abs(candidate(...) - x) < 1e-6."""
+    from types import SimpleNamespace as ns
+
+    from sitf_ray.tasks import humaneval
+    row = next(r for r in humaneval.load("test", ns(path=None, hub=None, n_test=None)) if r["id"] == "HumanEval/4")
+    body = ("    class Zero:\n        def __sub__(self, other):\n            return 0.0\n"
+            "        def __rsub__(self, other):\n            return 0.0\n    return Zero()\n")
+    assert "abs(candidate(" in row["test"]
+    assert not humaneval.is_correct(row, body, timeout=SLACK)
+    assert humaneval.is_correct(row, row["answer"], timeout=SLACK)
+
+
+def test_legitimate_test_code_still_works():
+    """What the rewrite must not break: namedtuple fields, objects the tests build and pass back, C types
+    (Decimal, datetime), generators, and/or returning operands, comprehension filters, match, super()."""
+    sol = """
+        from collections import namedtuple
+        from decimal import Decimal
+        import datetime
+        P = namedtuple("P", "x y")
+        class Node:
+            def __init__(self, v, left=None):
+                self.v, self.left = v, left
+        def point(): return P(1, 2)
+        def depth(n): return 0 if n is None else 1 + depth(n.left)
+        def dec(): return Decimal("1.5")
+        def day(): return datetime.date(2024, 1, 2)
+        def gen(n): return (i * i for i in range(n))
+        """
+    tests = """
+class Base:
+    def __init__(self, k):
+        self.k = k
+class Child(Base):
+    def __init__(self):
+        super().__init__(3)
+assert Child().k == 3
+assert point().x == 1 and point() == (1, 2) and isinstance(point(), tuple)
+root = Node(1, Node(2, Node(3)))
+assert depth(root) == 3
+assert dec() * 2 == Decimal("3.0") and abs(dec() - Decimal("1.5")) < Decimal("0.01")
+assert (day() - datetime.date(2024, 1, 1)).days == 1
+assert sum(gen(4)) == 14 and sorted(gen(3), reverse=True) == [4, 1, 0]
+assert (0 or 5) == 5 and (3 and 0) == 0 and ([] or [1]) == [1]
+assert [x for x in range(10) if x % 3 == 0] == [0, 3, 6, 9]
+match depth(root):
+    case 3:
+        ok = True
+    case -1:
+        ok = False
+assert ok
+assert -depth(root) == -3 and ~1 == -2 and "a" * 2 == "aa" and [1] + [2] == [1, 2]
+assert len([point()]) == 1 and repr(1) == "1" and str(dec()) == "1.5"
+"""
+    r = check(sol, tests)
+    assert r.status == "passed", r
+
+
+def test_harness_module_is_real_python_and_inert_on_import():
+    """The harness is a module of its own (linted, importable); importing it runs nothing, and its rewrite
+    routes the tests' own operations through the helpers."""
+    import ast
+
+    from sitf_ray import sandbox_harness
+    code, lines, required = sandbox_harness._rewrite(
+        ast, ast.parse("x = abs(f(1) - 2)\nif x:\n    pass\nassert x < 1 and not x\n"))
+    names = set(code.co_names)
+    assert {"_sitf_call", "_sitf_bin", "_sitf_test", "_sitf_truth", "_sitf_and", "_sitf_pre"} <= names
+    assert lines == [4] and required == [0]
+    assert sandbox.__dict__["_HARNESS"] == open(sandbox_harness.__file__, encoding="utf-8").read()
+
+
 def test_fake_success_markers_fail():
     sol = """
         import os, sys
@@ -333,15 +518,42 @@ def test_kill_parent_from_run_program_cannot_reach_us():
 # ------------------------------------------------------------------------- containment
 def test_infinite_loop_times_out():
     t = time.monotonic()
-    r = run("while True:\n    pass\n", timeout=1.0)
-    assert r.status == "timeout" and r.detail == "wall-clock limit" and time.monotonic() - t < 20
-    r = check("def add(a, b):\n    while True:\n        pass\n", timeout=1.0)
-    assert r.status == "timeout"
+    r = run("import time\ntime.sleep(600)\n", timeout=1.0)      # waiting, not computing: the wall clock
+    assert r.status == "timeout" and r.detail.startswith("wall-clock limit (1 s)") and time.monotonic() - t < 20
+    r = check("def add(a, b):\n    while True:\n        pass\n", cpu_seconds=1, timeout=1.0)
+    assert r.status == "timeout" and r.detail == "CPU time limit (1 s)", r   # computing: its CPU limit
 
 
 def test_cpu_limit():
     r = run("while True:\n    pass\n", cpu_seconds=1)
-    assert r.status == "timeout" and r.detail == "CPU time limit", r
+    assert r.status == "timeout" and r.detail == "CPU time limit (1 s)", r
+
+
+def test_one_cpu_time_limit_under_the_pipelines_concurrency():
+    """The limit is CPU seconds (RLIMIT_CPU), the same alone or with 4 programs at once on this machine's
+    cores (the pipeline checks 4 at a time): programs needing ~0.5 s of CPU pass under a 2 s limit, endless
+    loops all end on the CPU limit (not the wall clock, which used to run out first under load), and a
+    program that only waits is stopped by the wall-clock backstop."""
+    from sitf_ray.sandbox import CPU_SECONDS, wall_backstop
+    from sitf_ray.tasks import humaneval, mbpp
+    assert CPU_SECONDS == 10 and wall_backstop(CPU_SECONDS) == 50
+    assert mbpp.CPU_SECONDS == humaneval.CPU_SECONDS == CPU_SECONDS
+    burn = ("import time\ndef f():\n    t = time.process_time()\n    while time.process_time() - t < 0.5:\n"
+            "        pass\n    return 1\n")
+    loop = "def f():\n    while True:\n        pass\n"
+    items = [(burn, "assert f() == 1\n")] * 4 + [(loop, "assert f() == 1\n")] * 4
+    res = check_many(items, workers=4, cpu_seconds=2)
+    assert [r.status for r in res] == ["passed"] * 4 + ["timeout"] * 4, res
+    assert all(r.detail == "CPU time limit (2 s)" for r in res[4:]), [r.detail for r in res[4:]]
+    forks = ("import os, time\ndef f():\n    for _ in range(3):\n        os.fork()\n    t = time.process_time()\n"
+             "    while time.process_time() - t < 1.5:\n        pass\n")
+    r = run_program(forks.replace("import os", "import os, sys") + "f()\n", cpu_seconds=2)
+    assert r.status == "timeout" and r.detail == "CPU time limit (2 s)", r   # 8 processes x 1.5 s > 2 s in all
+    r = check_program("import time\ndef f():\n    time.sleep(60)\n", "assert f() is None\n", cpu_seconds=1,
+                      timeout=2)
+    assert r.status == "timeout" and r.detail.startswith("wall-clock limit (2 s)")
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        check_program("x = 1", "assert x == 1", cpu_seconds=0.5)
 
 
 def test_memory_bomb_is_stopped():
@@ -543,3 +755,20 @@ def test_throughput_of_trivial_programs():
     assert all(r.status == "passed" for r in res)
     print(f"\nsandbox throughput: {len(items) / dt:.1f} programs/s "
           f"(40 programs, 4 workers, {os.cpu_count()} cores, isolated={INFO['isolated']})")
+
+
+@pytest.mark.slow   # ~50 s on 2 cores: 1,138 programs
+def test_every_gold_solution_passes():
+    """The hardened harness still passes the reference solution of every MBPP (974) and HumanEval (164)
+    task: no legitimate test code is broken by routing its operations through plain values."""
+    from types import SimpleNamespace as ns
+
+    from sitf_ray.tasks import humaneval, mbpp
+    rows = mbpp._all_rows(ns(path=None, hub=None))
+    he = humaneval.load("test", ns(path=None, hub=None, n_test=None))
+    items = [(r["answer"], mbpp.tests_text(mbpp.with_protocol(r, "train"))) for r in rows]
+    items += [(r["prompt"] + r["answer"] + "\n", r["test"], r["entry_point"]) for r in he]
+    names = [f"mbpp-{r['task_id']}" for r in rows] + [r["id"] for r in he]
+    res = check_many(items, workers=4, timeout=SLACK)
+    bad = [(n, r.status, r.detail[:200]) for n, r in zip(names, res) if r.status != "passed"]
+    assert not bad, bad

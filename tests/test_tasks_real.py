@@ -147,8 +147,8 @@ def test_mbpp_prompt_target_and_steps():
     assert p.startswith("'''\n") and p.endswith("\n'''\n")
     assert " Your code should satisfy these tests:\n" in p and row["test_list"][0] in p
     code = "def f(x):\n    if x:\n        return 1\n\n    return 2\n"
-    assert mbpp.split_steps(code) == ["def f(x):", "    if x:", "        return 1", "    return 2"]
-    assert mbpp.TASK.join_steps(mbpp.split_steps(code)) == code.replace("\n\n", "\n").rstrip("\n")
+    assert mbpp.split_steps(code) == ["def f(x):", "    if x:", "        return 1", "\n    return 2"]
+    assert mbpp.TASK.join_steps(mbpp.split_steps(code)) == code.rstrip("\n")
     assert mbpp.target(row) == row["answer"] and mbpp.TASK.is_code
     assert "\n'''" in mbpp.TASK.stop
 
@@ -163,6 +163,103 @@ def test_mbpp_extract_answer():
     stopped = "def f(x):\n    return x\n'''\nassert f(1) == 1\n"
     assert mbpp.extract_answer(stopped) == "def f(x):\n    return x"
     assert mbpp.extract_answer("I do not know.") is None
+
+
+def test_mbpp_training_rewards_are_graded_on_asserts_the_prompt_did_not_show():
+    """Training splits show one assert and grade all (plus challenge asserts); evaluation splits keep the
+    paper's protocol (three shown, the same three graded)."""
+    train = mbpp.load("train", ns(n_train=3))
+    for row in train:
+        shown = [t for t in row["test_list"] if t in mbpp.prompt(row)]
+        assert shown == row["test_list"][:1] and row["grade_tests"] == row["test_list"]
+        assert all(t in mbpp.tests_text(row) for t in row["test_list"])
+    test = mbpp.load("test", ns(n_test=1))[0]
+    assert all(t in mbpp.prompt(test) for t in test["test_list"]) and test["grade_tests"] == test["test_list"]
+    row11 = next(r for r in mbpp._all_rows(ns()) if r["task_id"] == 11)
+    graded = mbpp.with_protocol(row11, "train")["grade_tests"]
+    assert row11["challenge_test_list"] and graded == row11["test_list"] + row11["challenge_test_list"]
+    # the same task under both protocols: sft/train rows are copies, the cached rows are untouched
+    assert "grade_tests" not in mbpp._all_rows(ns())[0]
+
+
+def _lookup_table(row, asserts):
+    """A 'solution' that returns the expected value for exactly the inputs of `asserts`."""
+    import ast as _ast
+    name, cases = mbpp.entry_point(row), []
+    for t in asserts:
+        test = _ast.parse(t).body[0].test
+        call, expected = test.left, test.comparators[0]
+        cases.append(f"    if args == ({', '.join(_ast.unparse(a) for a in call.args)},):\n"
+                     f"        return {_ast.unparse(expected)}\n")
+    return f"def {name}(*args):\n" + "".join(cases) + "    return None\n"
+
+
+def test_mbpp_lookup_table_of_the_shown_asserts_earns_no_training_reward():
+    import ast as _ast
+
+    def plain(r):   # `assert f(<literals>) == <literal>` asserts only
+        try:
+            return all(_ast.literal_eval(_ast.unparse(_ast.parse(t).body[0].test.left.args[0])) is not None
+                       and isinstance(_ast.parse(t).body[0].test.left, _ast.Call) for t in r["test_list"])
+        except (ValueError, AttributeError, IndexError, SyntaxError):
+            return False
+    row = next(r for r in mbpp.load("train", ns()) if plain(r))
+    shown = _lookup_table(row, row["prompt_tests"])
+    assert not mbpp.is_correct(row, shown, timeout=SLACK)                       # the reward protocol
+    assert mbpp.is_correct(row, row["answer"], timeout=SLACK)
+    paper = mbpp.with_protocol(row, "test")
+    assert mbpp.is_correct(paper, _lookup_table(row, row["test_list"]), timeout=SLACK)   # honest: the paper's
+    # protocol (reported pass@1) cannot tell a lookup table of its three shown asserts from a solution
+
+
+CODE = "def f(x):\n    return x * 2"
+FENCES = [   # (completion, what the model did)
+    ("Usage:\n```python\nprint(f(2))\n```\nSolution:\n```python\n" + CODE + "\n```\n", "usage example first"),
+    ("```python\n" + CODE + "\n```\nTest it:\n```python\nassert f(2) == 4\n```", "tests after"),
+    ("```py\n" + CODE + "\n```", "py"), ("```Python3\n" + CODE + "\n```", "Python3"),
+    ("```{python}\n" + CODE + "\n```", "{python}"), ("~~~python\n" + CODE + "\n~~~", "tilde fence"),
+    ("````python\n" + CODE + "\n````", "four backticks"), ("```\n" + CODE + "\n```", "no language"),
+    ("1. Write it:\n   ```python\n   def f(x):\n       return x * 2\n   ```\n", "indented in a list"),
+    ("```python\n" + CODE + "\n", "never closed (cut off)"),
+    ("```bash\npip install nothing\n```\n```python\n" + CODE + "\n```", "a shell block first"),
+    ("```python\ndef f(x):\n    return x\n```\nFixed:\n```python\n" + CODE + "\n```", "draft, then the fix"),
+    ("```python\nimport math\n```\n```python\ndef f(x):\n    return math.floor(x) * 2\n```", "imports apart"),
+]
+
+
+@pytest.mark.parametrize("text,what", FENCES, ids=[f[1] for f in FENCES])
+def test_mbpp_code_extraction_takes_the_block_defining_the_entry_point(text, what):
+    code = mbpp.extract_code(text, "f")
+    assert code is not None and "def f(x):" in code and "return x * 2" in code or "math.floor" in code, (what, code)
+    ns_ = {}
+    exec(code, ns_)
+    assert ns_["f"](2) == 4, what
+
+
+def test_code_is_judged_and_continued_as_written():
+    """A right solution whose triple-quoted string holds a blank line: its steps give the text back, so the
+    path judged and trained on and every rollout prefix are the program the model wrote (it failed when
+    steps dropped blank lines)."""
+    from sitf_ray.labeling import prefix_text
+    row = {"id": "x", "task_id": 0, "question": "Return the banner.", "test_list": ["assert banner() == 'a\\n\\nb'"],
+           "test_setup_code": "", "challenge_test_list": []}
+    row = mbpp.with_protocol(row, "train")
+    code = 'def banner():\n    text = """a\n\nb"""\n    return text   \n'
+    assert mbpp.is_correct(row, code, timeout=SLACK)
+    steps = mbpp.TASK.split_steps(code)
+    path = mbpp.TASK.join_steps(steps)
+    assert path == code.rstrip("\n") and mbpp.is_correct(row, path, timeout=SLACK)
+    for i in range(1, len(steps) + 1):
+        assert (mbpp.prompt(row) + code).startswith(prefix_text(mbpp.TASK, row, steps[:i]))
+    body = '    s = """x\n\n    y"""\n    return s\n'
+    assert humaneval.TASK.join_steps(humaneval.split_steps(body)) == body.rstrip("\n")
+
+
+def test_humaneval_fenced_completion():
+    row = humaneval.load("test", ns(n_test=3))[2]       # truncate_number
+    fenced = f"```python\ndef {row['entry_point']}(number: float) -> float:\n    return number % 1.0\n```"
+    assert humaneval.is_correct(row, fenced, timeout=SLACK)
+    assert humaneval.is_correct(row, "```python\n    return number % 1.0\n```", timeout=SLACK)
 
 
 def test_mbpp_gold_code_passes_and_wrong_code_fails():
@@ -220,6 +317,9 @@ def test_mmlu_math_open_ended_rows():
     assert len(rows) == 354 and len({r["id"] for r in rows}) == 354
     for r in rows:
         float(r["answer"])
+        if r["answer_raw"] == "2,2,4":   # a list of sides; the paper's comma-dropping made its gold 224
+            assert r["answer"] == "224" and mmlu_math.is_correct(r, "The answer is 224")
+            continue
         assert mmlu_math.is_correct(r, f"Let me think.\nThe answer is {r['answer_raw']}")
         assert mmlu_math.is_correct(r, f"The answer is {r['answer']}.")
         assert not mmlu_math.is_correct(r, f"The answer is {float(r['answer']) + 1}")

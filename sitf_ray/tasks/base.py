@@ -5,9 +5,11 @@ the task name. Rows are dicts with at least ``id``, ``question`` and ``answer``;
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+
+# One number parser and one equality for every math task (answers.py), re-exported for the tasks.
+from .answers import extract_final_number, normalize_number, numbers_equal  # noqa: F401
 
 
 class DataError(ValueError):
@@ -37,38 +39,20 @@ def split_lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.strip().split("\n") if ln.strip()]
 
 
-_NUM = r"-?\$?\s*\d[\d,]*(?:\.\d+)?"
+def split_code_lines(text: str) -> list[str]:
+    """Steps of code: each non-blank line, as written, with the blank lines just before it.
 
+    Lossless: ``"\n".join(split_code_lines(t))`` is `t` itself (CRLF read as LF) without its leading and
+    trailing blank lines, so a program judged, trained on or continued from its steps is the program the
+    model wrote: blank lines and trailing spaces inside a triple-quoted string are part of its meaning.
+    """
+    steps: list[str] = []
+    pending: list[str] = []
+    for ln in text.replace("\r\n", "\n").split("\n"):
+        if not ln.strip():
+            pending.append(ln)
+            continue
+        steps.append("\n".join(pending + [ln]) if steps else ln)
+        pending = []
+    return steps
 
-def normalize_number(s: str) -> Optional[str]:
-    """'$1,234.50' -> '1234.5'; '7.0' -> '7'; returns None if no number."""
-    m = re.search(_NUM, s)
-    if not m:
-        return None
-    t = m.group(0).replace("$", "").replace(",", "").replace(" ", "")
-    try:
-        v = float(t)
-    except ValueError:
-        return None
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    return repr(v).rstrip("0").rstrip(".")
-
-
-def extract_final_number(text: str) -> Optional[str]:
-    """Final answer from 'The answer is N', '#### N', or else the last number in the text."""
-    for pat in (r"[Tt]he (?:final )?answer is[:\s]*(" + _NUM + ")", r"####\s*(" + _NUM + ")"):
-        hits = re.findall(pat, text)
-        if hits:
-            return normalize_number(hits[-1])
-    hits = re.findall(_NUM, text)
-    return normalize_number(hits[-1]) if hits else None
-
-
-def numbers_equal(a: Optional[str], b: Optional[str]) -> bool:
-    if a is None or b is None:
-        return False
-    try:
-        return abs(float(a) - float(b)) < 1e-6
-    except ValueError:
-        return a == b

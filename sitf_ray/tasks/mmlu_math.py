@@ -2,9 +2,12 @@
 
 * `TASK` (the default, name 'mmlu_math'): the SIPF paper's MMLU_Math, 354 open-ended items whose
   gold MMLU choice is a number (high-school, college and elementary mathematics). No choices are
-  shown; the model answers "The answer is X" and is right when float(X) == float(answer). We parse X
-  without `eval` (the paper evals it): integers, decimals, thousands separators, '$', a leading sign
-  and simple fractions like '3/4' are understood.
+  shown; the model answers "The answer is X" and is right when X equals the answer as a number (the paper
+  compares float(X) with float(answer); we allow a relative 1e-6). We parse X without `eval` (the paper
+  evals it) with the math tasks' one number parser (answers.py): signs, thousands separators, decimals,
+  fractions ('3/4', '\\frac{3}{4}'), mixed numbers, percentages, '\\boxed{}' and LaTeX delimiters.
+  One gold answer is not a number: item 120's "2,2,4" (three sides) became 224 by the paper's
+  comma-dropping; only "224" matches it.
 * `TASK_MC` / `load_multiple_choice()`: all 1064 test questions of the five math subjects
   (abstract_algebra, college_mathematics, elementary_mathematics, high_school_mathematics,
   high_school_statistics) as four-way multiple choice, scored by the letter (`extract_letter`).
@@ -17,7 +20,7 @@ import re
 from typing import Optional
 
 from ..data import STR, STR_LIST, data_path, hub_rows, read_jsonl, source_path
-from .base import DataError, Task, normalize_number, numbers_equal, split_lines
+from .base import DataError, Task, extract_final_number, normalize_number, numbers_equal, split_lines
 
 FILE = "sipf/mmlu_math_test.jsonl"
 MC_FILE = "mmlu_math5_test.jsonl"
@@ -73,35 +76,14 @@ def prompt(row: dict) -> str:
     return f"Question: {row['question']}\nAnswer:\n"
 
 
-_NUMBER = r"-?\$?\s*\d[\d,]*(?:\.\d+)?"
-_FRACTION = re.compile(r"(-?)\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)")
-
-
 def parse_number(s: str) -> Optional[str]:
-    """The first number in `s` as a normalised string; 'a/b' fractions are divided out."""
-    m_num = re.search(_NUMBER, s)
-    m_frac = _FRACTION.search(s)
-    if m_frac and (m_num is None or m_frac.start() <= m_num.start() + 1):
-        den = float(m_frac.group(3))
-        if den == 0:
-            return None
-        val = float(m_frac.group(2)) / den * (-1 if m_frac.group(1) else 1)
-        return normalize_number(repr(round(val, 12))) if "e" not in repr(val) else repr(val)
-    return normalize_number(m_num.group(0)) if m_num else None
+    """The first number in `s` as canonical text; fractions, mixed numbers and LaTeX understood (answers.py)."""
+    return normalize_number(s)
 
 
 def extract_answer(text: str) -> Optional[str]:
-    """From the last 'The answer is X' (else '#### X', else the last number in the text)."""
-    hits = re.findall(r"[Tt]he (?:final )?answer is[:\s]*([^\n]*)", text)
-    for h in reversed(hits):
-        v = parse_number(h)
-        if v is not None:
-            return v
-    m = re.findall(r"####\s*([^\n]*)", text)
-    if m and parse_number(m[-1]) is not None:
-        return parse_number(m[-1])
-    nums = re.findall(_NUMBER, text)
-    return normalize_number(nums[-1]) if nums else None
+    """The final number: last \\boxed{}, else the last 'The answer is X', else '#### X', else the last number."""
+    return extract_final_number(text)
 
 
 def is_correct(row: dict, completion: str) -> bool:
