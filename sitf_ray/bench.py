@@ -284,16 +284,18 @@ def bench_weightsync(opts: dict) -> dict:
         try:
             one = GenParams(n=1, temperature=0.0, max_tokens=1)
             for kind, folder in (("full", full), ("adapter", ad)):
-                push_s, serve_s, size = [], [], 0
+                push_s, serve_s, size, phases = [], [], 0, []
                 for rep in range(3):
                     t = time.time()
                     r = push_policy(pool, folder, pool.version + 1)
                     push_s.append(time.time() - t)
+                    phases.append(r.phases)
                     pool.generate(["Hello"] * replicas, one, seed=0)     # the adapter loads lazily: count it
                     serve_s.append(time.time() - t)
                     size = r.bytes
                 row[kind] = {"push_seconds": statistics.median(push_s), "push_and_first_token_seconds":
-                             statistics.median(serve_s), "bytes": size}
+                             statistics.median(serve_s), "bytes": size, "pushes_seconds": push_s,
+                             "phases_seconds": {p: statistics.median(x[p] for x in phases) for p in phases[0]}}
                 print(f"[bench weightsync] {model.name} {kind}: {row[kind]['push_seconds']:.3f} s", flush=True)
         finally:
             pool.shutdown()

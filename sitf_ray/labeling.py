@@ -49,36 +49,48 @@ class Prober:
     def __init__(self, task: Task, rows: dict, pool, k: int, temperature: float, max_tokens: int, seed: int):
         self.task, self.rows, self.pool, self.k = task, rows, pool, k
         self.params = GenParams(n=k, temperature=temperature, max_tokens=max_tokens, stop=tuple(task.stop))
+        # an answer is a few tokens: stop at the end of its line
+        self.answer_params = GenParams(n=k, temperature=temperature, max_tokens=min(16, max_tokens),
+                                       stop=tuple(task.stop) + ("\n",))
         self.seed, self.calls = seed, 0
         self.cache: dict[tuple, int] = {}      # (qid, steps tuple) -> hits out of k
         self.tokens = 0
 
-    def hits(self, keys: list[tuple]) -> dict[tuple, int]:
-        todo = sorted({k for k in keys if k not in self.cache})
+    def hits(self, keys: list[tuple], answer_now: bool = False) -> dict[tuple, int]:
+        """Rollouts that reach the gold answer, out of k, per (qid, steps) prefix. answer_now: the simulator
+        must answer right after the prefix (the prompt ends with the task's answer_prefix, e.g.
+        'The answer is'): is the prefix complete, so that answering now is right?"""
+        tag = ("answer",) if answer_now else ()
+        todo = sorted({k for k in keys if k + tag not in self.cache})
         if todo:
-            prompts = [prefix_text(self.task, self.rows[q], list(st)) for q, st in todo]
-            outs = self.pool.generate(prompts, self.params, seed=self.seed + 7919 * self.calls,
+            forced = self.task.answer_prefix if answer_now else ""
+            prompts = [prefix_text(self.task, self.rows[q], list(st)) + forced for q, st in todo]
+            params = self.answer_params if answer_now else self.params
+            outs = self.pool.generate(prompts, params, seed=self.seed + 7919 * self.calls,
                                       desc=f"rollouts x{self.k}")
             self.calls += 1
             from .sampling import check_all
             flat_rows, flat_texts = [], []
             for (q, st), prompt_outs in zip(todo, outs):
-                done = self.task.join_steps(list(st)) + "\n"
+                done = self.task.join_steps(list(st)) + "\n" + forced
                 flat_rows += [self.rows[q]] * len(prompt_outs)
                 flat_texts += [done + c.text for c in prompt_outs]
                 self.tokens += sum(c.n_tokens for c in prompt_outs)
             ok = check_all(self.task, flat_rows, flat_texts)
             for i, key in enumerate(todo):
-                self.cache[key] = sum(ok[i * self.k:(i + 1) * self.k])
-        return {k: self.cache[k] for k in keys}
+                self.cache[key + tag] = sum(ok[i * self.k:(i + 1) * self.k])
+        return {k: self.cache[k + tag] for k in keys}
 
 
 def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=None, k: int = 8,
                   delta: int = 0, temperature: float = 1.0, max_tokens: int = 128, seed: int = 0,
-                  skip_correct_paths: bool = True) -> tuple[list[dict], LabelStats]:
+                  skip_correct_paths: bool = True, answer_probe: bool = False) -> tuple[list[dict], LabelStats]:
     """Label every step of every sample. Returns label rows (one per sample) and statistics.
 
     samples: dicts with id, qid, steps, correct.   rows: qid -> task row (prompt, answer, oracle data).
+    answer_probe (with skip_correct_paths=False): the answer line of an answer-correct path counts as right
+    only if the simulator, made to answer right after the steps before it, answers right (Prober.hits
+    answer_now) -- a right answer given too early (a skipped step) is luck too.
     """
     t0 = time.time()
     stats = LabelStats(paths=len(samples), steps=sum(len(s["steps"]) for s in samples))
@@ -105,8 +117,16 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
                     fr[i] = hits[(s["qid"], tuple(s["steps"][:i + 1]))] / k
             if s["correct"] and any(f * k <= delta for f in fr[:-1]):
                 fr[-1] = min(fr[:-1])    # a right answer after a wrong step is luck, not a right step
+        if answer_probe and task.answer_prefix is not None:
+            probe = [(s["qid"], tuple(s["steps"][:-1])) for s, fr in zip(samples, fractions)
+                     if s["correct"] and not skip_correct_paths and len(s["steps"]) > 1 and fr[-1] == 1.0]
+            answer = prober.hits(probe, answer_now=True)
+            for s, fr in zip(samples, fractions):
+                key = (s["qid"], tuple(s["steps"][:-1]))
+                if key in answer and s["correct"] and fr[-1] == 1.0:
+                    fr[-1] = answer[key] / k
     elif mode == "binary":
-        _binary_search(samples, fractions, prober, delta, k)
+        _binary_search(samples, fractions, prober, delta, k, answer_probe and task.answer_prefix is not None)
     else:
         raise ValueError(f"labeling.mode must be mc, binary or oracle (got {mode!r})")
 
@@ -127,7 +147,7 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
     return out, stats
 
 
-def _binary_search(samples, fractions, prober: Prober, delta: int, k: int):
+def _binary_search(samples, fractions, prober: Prober, delta: int, k: int, answer_probe: bool = False):
     """First wrong step per path by bisection; steps before it right, from it on wrong.
 
     Wrong answers: the last step is known wrong, the first error lies in [0, n-1]. Right answers (when
@@ -138,11 +158,13 @@ def _binary_search(samples, fractions, prober: Prober, delta: int, k: int):
     if lucky:
         keys = {j: (samples[j]["qid"], tuple(samples[j]["steps"][:-1])) for j in lucky}
         hits = prober.hits(list(keys.values()))
+        answer = prober.hits(list(keys.values()), answer_now=True) if answer_probe else {}
         for j in lucky:
             n, h = len(samples[j]["steps"]), hits[keys[j]]
             probed[j] = {n - 2: h / k}
-            if h > delta:
-                fractions[j][:] = [1.0] * (n - 2) + [h / k, 1.0]
+            if h > delta:     # the steps before the answer are right; is answering right after them?
+                last = answer[keys[j]] / k if answer_probe else 1.0
+                fractions[j][:] = [1.0] * (n - 2) + [h / k, last]
             else:
                 state[j] = [0, n - 2]
     for j, (s, fr) in enumerate(zip(samples, fractions)):

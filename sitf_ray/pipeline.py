@@ -289,7 +289,7 @@ def stage_label(ctx: Context, it: Path, led: Ledger, samples: list[dict], method
     rows, stats = label_samples(samples, ctx.by_id, ctx.task, lc.mode, pool, k=lc.k, delta=lc.delta,
                                 temperature=lc.temperature, max_tokens=lc.max_tokens,
                                 seed=stage_seed(cfg.seed, method, k, "label"),
-                                skip_correct_paths=lc.skip_correct_paths)
+                                skip_correct_paths=lc.skip_correct_paths, answer_probe=lc.answer_probe)
     write_jsonl(it / "labels.jsonl", rows)
     write_jsonl(it / "labels_trl.jsonl", trl_stepwise(rows, {q: ctx.task.prompt(r) for q, r in ctx.by_id.items()}))
     quality = versus_oracle(rows)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .engines.base import files_digest, pack_state
 from .policy_folder import read_policy_meta
@@ -31,6 +32,7 @@ class SyncReport:
     bytes: int
     digest: str
     replicas: int
+    phases: Optional[dict] = None   # seconds: read (folder -> tensors), pack (+ digest), load (all replicas)
 
 
 def merged_state(folder: str | Path) -> dict:
@@ -66,14 +68,19 @@ def policy_payload(folder: str | Path, merge_adapter: bool = False) -> tuple[str
 def push_policy(pool, folder: str | Path, version: int, merge_adapter: bool = False) -> SyncReport:
     t0 = time.time()
     kind, payload = policy_payload(folder, merge_adapter)
+    t_read = time.time()
     if kind == "adapter":
         digest, size = files_digest(payload), sum(len(v) for v in payload.values())
+        t_pack = time.time()
         got = pool.load_adapter(payload, version)
     else:
         wire = pack_state(payload)          # numpy buffers: every replica reads them without a copy
         digest, size = wire.digest(), wire.nbytes
+        t_pack = time.time()
         got = pool.load_state(wire, version)
     bad = [i for i, d in enumerate(got) if d != digest]
     if bad:
         raise RuntimeError(f"weight sync v{version}: replicas {bad} report a different digest than {folder}")
-    return SyncReport(version, kind, time.time() - t0, size, digest, len(got))
+    t_end = time.time()
+    return SyncReport(version, kind, t_end - t0, size, digest, len(got),
+                      {"read": t_read - t0, "pack": t_pack - t_read, "load": t_end - t_pack})

@@ -172,7 +172,8 @@ def step_oracle(row: dict, steps: list[str]) -> list[bool]:
 
 
 TASK = Task(name="arith", load=load, prompt=prompt, target=gold_solution, split_steps=split_lines,
-            extract_answer=extract_answer, is_correct=is_correct, step_oracle=step_oracle)
+            extract_answer=extract_answer, is_correct=is_correct, step_oracle=step_oracle,
+            answer_prefix="The answer is")
 
 
 def corpus(cfg, n: int = 2000) -> list[str]:

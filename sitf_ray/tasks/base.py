@@ -29,6 +29,7 @@ class Task:
     step_oracle: Optional[Callable[[dict, list[str]], list[bool]]] = None
     join_steps: Callable[[list[str]], str] = field(default="\n".join)  # steps -> solution text
     stop: list[str] = field(default_factory=list)  # extra stop strings for generation
+    answer_prefix: Optional[str] = None            # how a final answer starts ('The answer is'); None for code
     is_code: bool = False
     # Many checks at once (code tasks run their sandboxed programs concurrently): (rows, completions) -> bools
     is_correct_many: Optional[Callable[[list, list], list]] = None

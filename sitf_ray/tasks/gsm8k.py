@@ -145,7 +145,7 @@ def is_correct(row: dict, completion: str) -> bool:
 
 
 TASK = Task(name="gsm8k", load=load, prompt=prompt, target=target, split_steps=split_lines,
-            extract_answer=extract_answer, is_correct=is_correct, stop=["\nQuestion:"])
+            extract_answer=extract_answer, is_correct=is_correct, stop=["\nQuestion:"], answer_prefix="The answer is")
 
 __all__ = ["TASK", "load", "prompt", "target", "extract_answer", "is_correct", "clean_solution",
            "split_sizes"]

@@ -91,7 +91,7 @@ def is_correct(row: dict, completion: str) -> bool:
 
 
 TASK = Task(name="mmlu_math", load=load, prompt=prompt, target=lambda row: None, split_steps=split_lines,
-            extract_answer=extract_answer, is_correct=is_correct, stop=["\nQuestion:"])
+            extract_answer=extract_answer, is_correct=is_correct, stop=["\nQuestion:"], answer_prefix="The answer is")
 
 
 # --------------------------------------------------------------------------- multiple choice variant
