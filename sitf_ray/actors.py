@@ -323,6 +323,8 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     kw: dict = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
     address = os.environ.get("RAY_ADDRESS", "")
+    from . import console   # quiet: Ray's own INFO logs to files, our progress and summaries on the console
+    console.before_init(num_cpus, local=not address, quiet=quiet)
     if address:
         _check_reachable(address)
         try:
@@ -333,6 +335,7 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
         # address="local": always a fresh local instance, never a stale `ray start` cluster recorded in
         # /tmp/ray/ray_current_cluster (which plain ray.init() would try to join)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
+    console.after_init(quiet)
     return ray.cluster_resources()
 
 

@@ -18,6 +18,13 @@ def _cfg(path, overrides):
     return C.load(path, overrides)
 
 
+def _ray_logs() -> None:
+    """The last line of a run: where Ray's own logs went (the console shows only ours)."""
+    from .console import log_lines
+    for line in log_lines():
+        print(line)
+
+
 def cmd_quickstart(a) -> int:
     from . import config as C
     from .pipeline import run
@@ -28,6 +35,7 @@ def cmd_quickstart(a) -> int:
     print("\n" + table(res))
     print(f"\nquickstart finished in {(time.time() - t0) / 60:.1f} min; run directory: {a.out} "
           f"(report: {Path(a.out) / 'report.md'})")
+    _ray_logs()
     return 0
 
 
@@ -37,6 +45,7 @@ def cmd_run(a) -> int:
     cfg = _cfg(a.config, a.overrides)
     res = run(cfg, a.out or f"runs/{Path(a.config).stem}")
     print("\n" + table(res))
+    _ray_logs()
     return 0
 
 
@@ -53,6 +62,7 @@ def cmd_resume(a) -> int:
         raise C.ConfigError(f"{a.dir}: no config.yaml here; nothing to resume")
     res = run(C.load(path, a.overrides), a.dir, resume=True)
     print("\n" + table(res))
+    _ray_logs()
     return 0
 
 
@@ -103,6 +113,7 @@ def cmd_compare(a) -> int:
     cfg = C.load(a.config, a.overrides + [f"method={methods[0]}", f"baselines=[{','.join(methods[1:])}]"])
     res = run(cfg, a.out)
     print("\n" + table(res))
+    _ray_logs()
     return 0
 
 

