@@ -328,16 +328,24 @@ def bench_labeling(opts: dict) -> dict:
     task = get_task("arith")
     rows = ctx.splits["train"][:int(opts.get("questions", 300))]
     by_id = {r["id"]: r for r in rows}
+    lc = cfg.labeling
     pool = GeneratorPool(engine_spec(cfg, str(ctx.m0)), cfg.cluster.generator_replicas, 1, 0, "PACK", 256)
-    res = {"benchmark": "labeling", "questions": len(rows), "cases": []}
+    sim = pool
+    res = {"benchmark": "labeling", "questions": len(rows), "simulator": lc.simulator, "cases": [],
+           "temperature": lc.temperature, "skip_correct_paths": lc.skip_correct_paths}
     try:
         samples, st = sample_paths(pool, task, rows, cfg.sampling.n, 1.0, 1.0, cfg.sampling.max_tokens, seed=0)
         res["samples"] = st
+        if lc.simulator == "verifier":    # the run's own simulator (the policy generators above otherwise)
+            from .verifier import ensure_verifier
+            sim = GeneratorPool(engine_spec(cfg, str(ensure_verifier(cfg, str(run_dir / "ray_train")))),
+                                cfg.cluster.generator_replicas, 1, 0, "PACK", 256)
         for k in [int(x) for x in str(opts.get("k", "4,8")).split(",")]:
             row = {"k": k}
             for mode in ("mc", "binary"):
-                labels, ls = label_samples(samples, by_id, task, mode, pool, k=k, temperature=1.0,
-                                           max_tokens=cfg.labeling.max_tokens, seed=1)
+                labels, ls = label_samples(samples, by_id, task, mode, sim, k=k, temperature=lc.temperature,
+                                           max_tokens=cfg.labeling.max_tokens, seed=1,
+                                           skip_correct_paths=lc.skip_correct_paths, answer_probe=lc.answer_probe)
                 row[mode] = {"rollouts": ls.rollouts, "seconds": ls.seconds, "vs_oracle": versus_oracle(labels),
                              "labels": labels}
             row["rollout_ratio_mc_over_binary"] = row["mc"]["rollouts"] / max(1, row["binary"]["rollouts"])
@@ -346,6 +354,8 @@ def bench_labeling(opts: dict) -> dict:
                   f" = {row['rollout_ratio_mc_over_binary']:.2f}x, agreement {row['agreement']:.3f}", flush=True)
             res["cases"].append(row)
     finally:
+        if sim is not pool:
+            sim.shutdown()
         pool.shutdown()
     res["targets"] = {"rollout_ratio": ">= 2x", "agreement": ">= 0.95"}
     return res

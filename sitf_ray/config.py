@@ -151,6 +151,8 @@ class LabelingConfig(_Base):
     simulator: str = "policy"                 # 'policy' (M_k itself) or a model folder
     temperature: float = Field(1.0, ge=0)
     max_tokens: int = Field(64, ge=1)
+    max_paths: Optional[int] = Field(None, ge=1)   # label (and train the PRM on) at most this many sampled
+    #                                         paths, a seeded subset; the PRM then scores every path
     skip_correct_paths: bool = True           # a right final answer proves every prefix (Math-Shepherd)
     # with skip_correct_paths=false: an answer line is right only if the simulator, made to answer right after
     # the steps before it, answers right (a right answer given too early, after a skipped step, is luck)

@@ -256,18 +256,36 @@ def stage_eval(ctx: Context, it: Path, led: Ledger, policy: Path, label: str) ->
     return res
 
 
+def m0_samples(ctx: Context, it: Path) -> Optional[Path]:
+    """Iteration 1 of every method samples M_0 on the same questions with the same seed: the first method's
+    samples serve the others (same data, sampled once)."""
+    for d in [ctx.root / "iter_01"] + sorted((ctx.root / "baselines").glob("*/iter_01")):
+        if d != it and Ledger(d).done("sample"):
+            return d
+    return None
+
+
 def stage_sample(ctx: Context, it: Path, led: Ledger, method: str, k: int) -> list[dict]:
     if led.done("sample"):
         return read_jsonl(it / "samples.jsonl")
     from .sampling import sample_paths
     cfg, t0 = ctx.cfg, time.time()
+    if k == 1 and (src := m0_samples(ctx, it)) is not None:
+        samples = read_jsonl(src / "samples.jsonl")
+        write_jsonl(it / "samples.jsonl", samples)
+        shared = str(src.relative_to(ctx.root))
+        figs = {key: v for key, v in Ledger(src).get("sample").items() if key != "seconds"}
+        led.mark("sample", ["samples.jsonl"], seconds=time.time() - t0, **(figs | {"shared_from": shared}))
+        summary("sample", time.time() - t0, paths=len(samples), shared_from=shared)
+        return samples
     valid = None
     if cfg.sampling.require_valid_equations and cfg.task.name == "arith":
         from .tasks.arith import answer_equations_valid
         valid = answer_equations_valid
     s = cfg.sampling
     samples, st = sample_paths(ctx.pool, ctx.task, ctx.splits["train"], s.n, s.temperature, s.top_p, s.max_tokens,
-                               seed=stage_seed(cfg.seed, method, k, "sample"), dedupe=s.dedupe, valid=valid)
+                               seed=stage_seed(cfg.seed, "m0" if k == 1 else method, k, "sample"), dedupe=s.dedupe,
+                               valid=valid)
     write_jsonl(it / "samples.jsonl", samples)
     dt = time.time() - t0
     led.mark("sample", ["samples.jsonl"], seconds=dt, **st)
@@ -286,6 +304,11 @@ def stage_label(ctx: Context, it: Path, led: Ledger, samples: list[dict], method
     pool = None
     if lc.mode != "oracle":
         pool = ensure_simulator(ctx)
+    if lc.max_paths and len(samples) > lc.max_paths:   # label (and train the PRM on) a seeded subset
+        key = stage_seed(cfg.seed, method, k, "label-subset")
+        keep = set(sorted((hashlib.sha256(f"{key}|{s['id']}".encode()).hexdigest(), s["id"]) for s in samples)
+                   [i][1] for i in range(lc.max_paths))
+        samples = [s for s in samples if s["id"] in keep]
     rows, stats = label_samples(samples, ctx.by_id, ctx.task, lc.mode, pool, k=lc.k, delta=lc.delta,
                                 temperature=lc.temperature, max_tokens=lc.max_tokens,
                                 seed=stage_seed(cfg.seed, method, k, "label"),
