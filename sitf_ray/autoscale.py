@@ -5,11 +5,12 @@
 1. Start a fake cluster derived from cluster.yaml (fakecluster.py) with zero workers.
 2. `ray job submit` a small SIPF job (tiny model, M_0 SFT, one iteration): the autoscaler launches the
    node types its placement groups and Ray Train workers ask for.
-3. Submit the same job again (same seed, starting from the first job's M_0) and, while its PRM trains on
-   Ray Train, have the provider terminate the worker node of a Ray Train worker (one that holds a vLLM
-   generator too, when the autoscaler put them together). Ray Train's FailureConfig restarts the workers,
-   the generator pool restarts its replica at its next use; the job must finish with a results.json equal
-   to the undisturbed one.
+3. Submit the same job again (same seed, starting from the first job's M_0) as soon as the first one has
+   its M_0, so that the two iterations run side by side. While it trains on Ray Train (the
+   PRM, else the ORPO fit), have the provider terminate the worker node of one of its Ray Train workers
+   (one that holds a vLLM generator too when the autoscaler put them together, never one holding
+   anything of the first job). Ray Train's FailureConfig restarts the workers, the generator pool
+   restarts its replica at its next use; the job must finish with a results.json equal to the first one.
 4. Wait for the idle nodes to be removed.
 
 Everything in the record is read back from Ray (state API: nodes with their start/end times, actors with
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from . import config as C
 from .fakecluster import FakeCluster
@@ -91,21 +92,6 @@ def submit(cluster: FakeCluster, sid: str, entry: list[str]):
         time.sleep(3)
 
 
-def wait_job(client, sid: str, timeout: float, tick: Optional[Callable[[], None]] = None) -> str:
-    from ray.job_submission import JobStatus
-    deadline = time.time() + timeout
-    while True:
-        status = client.get_job_status(sid)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return str(status.value)
-        if time.time() > deadline:
-            client.stop_job(sid)
-            return "TIMEOUT"
-        if tick:
-            tick()
-        time.sleep(1)
-
-
 # ------------------------------------------------------------------------------------ cluster state
 
 def node_table(cluster: FakeCluster) -> dict:
@@ -128,6 +114,16 @@ def actors(cluster: FakeCluster, job_id: Optional[str] = None) -> list:
         out += list_actors(address=cluster.dashboard, filters=filters, detail=True, limit=1000,
                            raise_on_missing_output=False)
     return out
+
+
+def job_nodes(cluster: FakeCluster, job_id: str) -> set:
+    """Nodes where the job has a live actor of any class (its own, Ray Train's, Ray Data's) or a running task."""
+    from ray.util.state import list_actors, list_tasks
+    acts = list_actors(address=cluster.dashboard, filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")],
+                       limit=1000, raise_on_missing_output=False)
+    tasks = list_tasks(address=cluster.dashboard, filters=[("job_id", "=", job_id), ("state", "=", "RUNNING")],
+                       limit=1000, raise_on_missing_output=False)
+    return {a.node_id for a in acts} | {t.node_id for t in tasks}
 
 
 def placement(acts: list, nodes: dict) -> dict:
@@ -218,57 +214,80 @@ def demo(out: str | Path, workdir: Optional[str | Path] = None, cluster_yaml: st
         client = JobSubmissionClient(cluster.dashboard)
 
         # --- 1: the undisturbed job, from zero workers
-        t = time.time()
+        submitted = {"undisturbed": time.time()}
         submit(cluster, "sitf-undisturbed", ["jobs/train.py", str(cfg_path), "--out", str(runs["undisturbed"])])
-        status = wait_job(client, "sitf-undisturbed", job_timeout)
-        jobs["undisturbed"] = {"status": status, "submitted_s": clock(t), "wall_s": round(time.time() - t, 1),
-                               "job_id": client.get_job_info("sitf-undisturbed").job_id}
-        log(clock, f"undisturbed job: {status} in {jobs['undisturbed']['wall_s']} s")
-        if status != "SUCCEEDED":
-            raise RuntimeError(f"undisturbed job {status}:\n{client.get_job_logs('sitf-undisturbed')[-3000:]}")
 
-        # --- 2: the same job from the same M_0; a Ray Train worker's node is lost while the PRM trains
+        # --- 2: the same job from the same M_0, submitted as soon as the first one has evaluated its M_0
+        # (the two iterations then run side by side); a Ray Train worker's node is lost while it trains
         loss_dir = runs["node_loss"]
-        loss_dir.mkdir()
-        shutil.copytree(runs["undisturbed"] / "iter_00", loss_dir / "iter_00")
-        shutil.copy(runs["undisturbed"] / "config.yaml", loss_dir / "config.yaml")
         loss: dict = {}
+        seen: dict = {}     # actor ids of the job at the loss, and once the fit in progress had ended
 
-        seen: dict = {}     # actor ids of the job at the loss, and when the PRM fit had ended
+        def submit_second():
+            loss_dir.mkdir()
+            shutil.copytree(runs["undisturbed"] / "iter_00", loss_dir / "iter_00")
+            shutil.copy(runs["undisturbed"] / "config.yaml", loss_dir / "config.yaml")
+            submitted["node_loss"] = time.time()
+            submit(cluster, "sitf-node-loss", ["jobs/train.py", str(cfg_path), "--out", str(loss_dir)])
+            log(clock, "second job submitted (the first one has its M_0)")
 
         def lose_a_node():
-            """While the PRM trains: the node of a Ray Train worker, one that holds a generator too if any."""
+            """While it trains (PRM, else ORPO): the node of one of its Ray Train workers, one that holds a
+            generator too if any, and nothing of the undisturbed job."""
             job_id = client.get_job_info("sitf-node-loss").job_id
-            if loss and "after_fit" not in seen and "prm" in _ledger(loss_dir / "iter_01"):
+            led = _ledger(loss_dir / "iter_01")
+            if loss and "after_fit" not in seen and loss["fit"] in led:
                 seen["after_fit"] = {a.actor_id for a in actors(cluster, job_id)}
-            if loss or not (loss_dir / LOSS_MARKER).exists() or "prm" in _ledger(loss_dir / "iter_01"):
+            if loss or not (loss_dir / LOSS_MARKER).exists() or "train" in led:
                 return
             all_actors = actors(cluster, job_id)
             alive = [a for a in all_actors if a.state == "ALIVE"]
             nodes = node_table(cluster)
+            other = job_nodes(cluster, client.get_job_info("sitf-undisturbed").job_id) if "undisturbed" not in jobs \
+                else set()
             trainers = {a.node_id for a in alive if a.class_name == "RayTrainWorker"
-                        and nodes.get(a.node_id, {}).get("type") not in (None, "head")}
+                        and nodes.get(a.node_id, {}).get("type") not in (None, "head")} - other
             if not trainers:
                 return
             gens = {a.node_id for a in alive if a.class_name == "Generator"}
             node_id = sorted(trainers & gens or trainers)[-1]
             on_node = sorted(f"{a.class_name} {a.actor_id[:8]}" for a in alive if a.node_id == node_id)
-            done = list(_ledger(loss_dir / "iter_01"))
+            fit = "prm" if "prm" not in led else "train"
             seen["at_loss"] = {a.actor_id for a in all_actors}
             rep = cluster.terminate_node(node_id)
             loss.update(node_id=node_id, node_type=nodes[node_id]["type"], terminated_s=clock(rep["terminated_at"]),
-                        terminate_seconds=round(rep["seconds"], 1), stage="prm (Ray Train)",
-                        stages_done_before=done, actors_lost=on_node)
+                        terminate_seconds=round(rep["seconds"], 1), fit=fit,
+                        stage={"prm": "PRM fit (Ray Train)", "train": "ORPO fit (Ray Train)"}[fit],
+                        stages_done_before=list(led), actors_lost=on_node,
+                        first_job_running=("undisturbed" not in jobs))
             log(clock, f"provider terminated {nodes[node_id]['type']} node {node_id[-5:]} holding {on_node}")
 
-        t = time.time()
-        submit(cluster, "sitf-node-loss", ["jobs/train.py", str(cfg_path), "--out", str(loss_dir)])
-        status = wait_job(client, "sitf-node-loss", job_timeout, tick=lose_a_node)
-        job_id = client.get_job_info("sitf-node-loss").job_id
-        jobs["node_loss"] = {"status": status, "submitted_s": clock(t), "wall_s": round(time.time() - t, 1),
-                             "job_id": job_id}
-        t_end = time.time()
-        log(clock, f"node-loss job: {status} in {jobs['node_loss']['wall_s']} s")
+        deadline = time.time() + 2 * job_timeout
+        while len(jobs) < 2:
+            for name, sid in (("undisturbed", "sitf-undisturbed"), ("node_loss", "sitf-node-loss")):
+                if name in jobs or name not in submitted:
+                    continue
+                st = str(client.get_job_status(sid).value)
+                if st in ("SUCCEEDED", "FAILED", "STOPPED") or time.time() > deadline:
+                    jobs[name] = {"status": st if st in ("SUCCEEDED", "FAILED", "STOPPED") else "TIMEOUT",
+                                  "submitted_s": clock(submitted[name]), "ended_s": clock(),
+                                  "wall_s": round(time.time() - submitted[name], 1),
+                                  "job_id": client.get_job_info(sid).job_id}
+                    log(clock, f"{name} job: {jobs[name]['status']} in {jobs[name]['wall_s']} s")
+            if jobs.get("undisturbed", {}).get("status", "SUCCEEDED") != "SUCCEEDED":
+                if "node_loss" in submitted:
+                    client.stop_job("sitf-node-loss")
+                raise RuntimeError(f"undisturbed job {jobs['undisturbed']['status']}:\n"
+                                   f"{client.get_job_logs('sitf-undisturbed')[-3000:]}")
+            if "node_loss" not in submitted and ("eval" in _ledger(runs["undisturbed"] / "iter_00")
+                                                 or "undisturbed" in jobs):
+                submit_second()
+            if "node_loss" in submitted and "node_loss" not in jobs:
+                lose_a_node()
+            time.sleep(1)
+        status = jobs["node_loss"]["status"]
+        job_id = jobs["node_loss"]["job_id"]
+        t_end = submitted["node_loss"] + jobs["node_loss"]["wall_s"]
         logs = client.get_job_logs("sitf-node-loss")
         (workdir / "node-loss-job.log").write_text(logs)
         (workdir / "undisturbed-job.log").write_text(client.get_job_logs("sitf-undisturbed"))
@@ -282,7 +301,9 @@ def demo(out: str | Path, workdir: Optional[str | Path] = None, cluster_yaml: st
                                             for i, n in nodes.items() if n in later]
             job_actors = actors(cluster, job_id)
             new = [a for a in job_actors if a.actor_id not in seen["at_loss"]]
-            in_fit = [a for a in new if a.class_name == "RayTrainWorker" and a.actor_id in seen.get("after_fit", ())]
+            # the ORPO fit is the job's last: a job that ended before the next tick saw its ledger entry
+            after_fit = seen.get("after_fit") or ({a.actor_id for a in job_actors} if loss["fit"] == "train" else ())
+            in_fit = [a for a in new if a.class_name == "RayTrainWorker" and a.actor_id in after_fit]
             loss["actors_on_lost_node"] = [_lifecycle(a, nodes) for a in job_actors if a.node_id == loss["node_id"]]
             loss["actors_started_after"] = [_lifecycle(a, nodes) for a in new]
             loss["ray_train_workers_restarted_in_fit"] = len(in_fit)
@@ -357,7 +378,7 @@ def problems(rec: dict) -> list[str]:
         out.append(f"peak workers {rec.get('peak_workers_by_type')} (generators on {gen_types or 'nothing'})")
     nl = rec.get("node_loss", {})
     if not nl.get("node_id"):
-        out.append("no node was lost (the PRM fit ended before its Ray Train workers were seen?)")
+        out.append("no node was lost (no Ray Train worker of the second job on a node free of the first job?)")
     elif not any(a.startswith(("RayTrainWorker", "Generator")) for a in nl.get("actors_lost", [])):
         out.append(f"the lost node held neither a generator nor a Ray Train worker: {nl.get('actors_lost')}")
     if not nl.get("identical_results"):

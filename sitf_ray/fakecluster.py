@@ -280,7 +280,7 @@ class FakeCluster:
         except Exception:
             return False
 
-    def stop(self, timeout: float = 15):
+    def stop(self, timeout: float = 5):
         """SIGTERM to the whole group (head, monitor, fake workers, their workers), SIGKILL what is left
         after `timeout` s (`ray start --block` would otherwise drain its empty node for 30 s)."""
         if self.proc is None:
