@@ -92,8 +92,8 @@ def test_reading_pairs_starts_no_actor_pool(ray_session, tmp_path):
 @pytest.mark.slow
 def test_autoscale_demo(tmp_path):
     """`make autoscale-demo`: from zero workers the autoscaler launches the job's node types, generators
-    land on GPU nodes, a lost generator node is replaced and the job's results equal the undisturbed
-    run's, and every worker is removed once idle."""
+    land on GPU nodes, the job that loses a Ray Train worker's node (the provider terminates it) ends
+    with the undisturbed run's results, and every worker is removed once idle."""
     from sitf_ray.autoscale import demo, problems
     out = tmp_path / "autoscale.json"
     rec = demo(out, tmp_path / "work")
