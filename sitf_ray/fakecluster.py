@@ -9,8 +9,9 @@ and swaps the cloud provider for Ray's `FakeMultiNodeProvider`, which the real a
 provider terminates it (all of its processes) and stops listing it.
 
 Ray's pip wheel ships the provider but not the `example.yaml` that `type: fake_multinode` loads defaults
-from, so the config names the same class as an `external` provider module; `FakeProvider` adds only the
-terminate-on-request hook (and the head's type name from cluster.yaml) to Ray's class.
+from, so the config names the same class as an `external` provider module; `FakeProvider` adds to Ray's
+class only the terminate-on-request hook, an inventory of node types, the head's type name from
+cluster.yaml, and a runtime_env folder per node (all fake nodes share this machine's disk).
 """
 from __future__ import annotations
 
