@@ -3,7 +3,7 @@ VENV ?= .venv
 export PYTHONUNBUFFERED=1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup quickstart test test-slow lock bench clean
+.PHONY: setup quickstart test test-slow autoscale-demo lock bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,11 @@ test: setup
 
 test-slow: setup
 	$(VENV)/bin/python -m pytest -q -m slow
+
+# The SIPF job on Ray's autoscaler (fake multi-node provider, node types from cluster.yaml): scale-up from
+# zero workers, a lost node, scale-down; writes benchmarks/results/autoscale.json (docs/CLUSTER.md).
+autoscale-demo: setup
+	$(VENV)/bin/python -m sitf_ray.autoscale --out benchmarks/results/autoscale.json
 
 lock: setup
 	head -2 constraints-cpu.txt > constraints-cpu.txt.new

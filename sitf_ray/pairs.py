@@ -157,12 +157,30 @@ def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy
     return {"pairs": n, "questions_with_pairs": q, "shards": len(list(out_dir.glob("*.parquet")))}
 
 
+def read_shards(files: list[str], columns: list[str]):
+    """A Ray Dataset over our parquet shards, read by plain read tasks.
+
+    Ray Data 2.60's default parquet reader (DataSourceV2) first reads the footers on a pool of 32
+    FooterReader actors, each placed like any actor with 1 CPU; inside a job whose placement groups hold
+    the nodes' CPUs that is 32 pending CPUs, and an autoscaling cluster starts ~8 nodes to read two small
+    files (benchmarks/results/autoscale.json, docs/CLUSTER.md). The V1 reader does the same read with one
+    task per file.
+    """
+    ctx = ray.data.DataContext.get_current()
+    v2 = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False      # routes this read_parquet only; later reads keep Ray's default
+    try:
+        return ray.data.read_parquet(files, columns=columns)
+    finally:
+        ctx.use_datasource_v2 = v2
+
+
 def training_dataset(dirs: list[str | Path]):
     """D_k as one Ray Dataset over the shard folders of every iteration so far (in iteration order)."""
     files = [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
     if not files:
         return None
-    return ray.data.read_parquet(files, columns=["pair_key", "prompt", "chosen", "rejected"])
+    return read_shards(files, ["pair_key", "prompt", "chosen", "rejected"])
 
 
 def read_pairs(d: str | Path) -> pd.DataFrame:

@@ -477,16 +477,14 @@ def method_dirs(ctx: Context, method: str) -> Path:
 def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: Path, mdir: Path) -> dict:
     if led.done("train"):
         return led.get("train")
-    import ray.data
-
-    from .pairs import training_dataset
+    from .pairs import read_shards, training_dataset
     from .policy_folder import read_policy_meta
     cfg, tc, t0 = ctx.cfg, ctx.cfg.train, time.time()
     dirs = [mdir / f"iter_{j:02d}" / "pairs" for j in range(1, k + 1)] if cfg.pairs.accumulate else [it / "pairs"]
     objective = {"sipf": tc.loss, "sipf-dpo": "dpo", "outcome": tc.loss, "rft": "sft"}[method]
     if method == "rft":
         files = [str(f) for d in dirs for f in sorted(Path(d).glob("*.parquet"))]
-        ds = ray.data.read_parquet(files, columns=["prompt", "completion"]) if files else None
+        ds = read_shards(files, ["prompt", "completion"]) if files else None
     else:
         ds = training_dataset(dirs)
     if ds is None:
