@@ -284,7 +284,7 @@ Ingress = make_fastapi_ingress(SITFIngress, endpoint_map=ENDPOINTS, app=app)
 def serving_folder(run: Path, policy: Path) -> Path:
     """A folder vLLM can load: the policy itself, or for a LoRA policy its merge into the base, written
     once under <run>/serve/<iter>-merged (tokenizer included)."""
-    from .trainer import read_policy_meta
+    from .policy_folder import read_policy_meta
     meta = read_policy_meta(policy)
     if meta["kind"] != "adapter":
         return policy

@@ -101,8 +101,14 @@ def test_binary_search_matches_per_step_scan_with_fewer_rollouts(pool, solved):
     samples, rows, truth = hand_made(solved)
     mc, st_mc = label_samples(samples, rows, TASK, "mc", pool, k=2, temperature=0.0, max_tokens=48)
     bs, st_bs = label_samples(samples, rows, TASK, "binary", pool, k=2, temperature=0.0, max_tokens=48)
-    assert [r["labels"] for r in bs] == [r["labels"] for r in mc]
-    assert agreement(mc, bs) == 1.0
+    # Bisection assumes that once a prefix fails every longer one fails; where the per-step scan agrees
+    # (the simulator did not recover mid-path) the two must give the same labels.
+    def monotone(labels):
+        return labels == sorted(labels, reverse=True)
+    same = [(b["labels"], m["labels"]) for b, m in zip(bs, mc) if monotone(m["labels"])]
+    assert all(monotone(r["labels"]) for r in bs)
+    assert len(same) >= 0.8 * len(mc) and all(b == m for b, m in same)
+    assert agreement(mc, bs) >= 0.9
     print(f"\nrollouts: per-step {st_mc.rollouts}, binary search {st_bs.rollouts}")
     assert st_bs.rollouts < st_mc.rollouts
 
@@ -160,11 +166,21 @@ def test_answer_correct_paths_are_probed_when_a_right_answer_proves_nothing(pool
     labels, st = label_samples(samples, rows, TASK, "binary", pool, k=2, temperature=0.0, max_tokens=48,
                                skip_correct_paths=False)
     exact = sum(r["labels"] == truth[r["id"]] for r in labels)
+    by_id = {s["id"]: s for s in samples}
+    lucky_ids = [r["id"] for r in labels if not r["id"].endswith("-ok")]
+    # an independent greedy continuation of each lucky path without its answer line: the simulator's verdict
+    outs = pool.generate([TASK.prompt(rows[by_id[i]["qid"]]) + "\n".join(by_id[i]["steps"][:-1]) + "\n"
+                          for i in lucky_ids], GenParams(n=1, temperature=0.0, max_tokens=48), seed=0)
+    recovers = {i: TASK.is_correct(rows[by_id[i]["qid"]], "\n".join(by_id[i]["steps"][:-1]) + "\n" + o[0].text)
+                for i, o in zip(lucky_ids, outs)}
     for r in labels:
         if r["id"].endswith("-ok"):
             assert r["labels"] == truth[r["id"]]          # M_0 finishes its own greedy solution
+        elif recovers[r["id"]]:
+            assert r["labels"] == [1] * len(r["steps"])    # the simulator recovered: MC calls the path right
         else:
-            assert r["labels"][-1] == 0                    # the lucky answer line is never a right step
+            assert r["labels"][-1] == 0                    # the lucky answer line is labelled wrong with its error
+            assert r["labels"] == sorted(r["labels"], reverse=True)
     print(f"\nlucky paths labelled exactly: {exact}/{len(labels)}; rollouts {st.rollouts}")
     assert exact >= 0.7 * len(labels)
     oracle = versus_oracle(labels)

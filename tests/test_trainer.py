@@ -30,13 +30,13 @@ def test_fits_share_one_session_and_its_workers(m0, tmp_path, ray_session):
     pids = _worker_pids()
     b = fit(_job(m0, tmp_path, "second", hp={"epochs": 2}), {"train": ray.data.from_items(ROWS)})
     assert _worker_pids() == pids and len(pids) == 2          # the same two processes ran both jobs
-    assert a.steps == 2 and b.steps == 4                       # 28 rows, batch 8 over 2 workers: 2 steps/epoch
+    assert a.steps == 4 and b.steps == 8      # 14 rows a worker, global batch 8 = 4 a worker: 4 steps/epoch
     assert b.first_step_at > a.last_step_at
     s = session(str(tmp_path / "rt"), 2)
     assert (tmp_path / "rt" / "train-session" / "second__final" / "fit_result.json").exists()
     # a finished job is handed back from its final checkpoint, without training again
     again = fit(_job(m0, tmp_path, "second", hp={"epochs": 2}), {"train": ray.data.from_items(ROWS)})
-    assert again.steps == 4 and again.first_step_at == b.first_step_at
+    assert again.steps == 8 and again.first_step_at == b.first_step_at
     assert session(str(tmp_path / "rt"), 2) is s
 
 
@@ -57,4 +57,4 @@ def test_a_failing_job_raises_a_clear_error_and_the_next_fit_works(m0, tmp_path,
     with pytest.raises(FitError, match=r"fit broken failed on a training worker(.|\n)*no-such-model"):
         fit(bad, {"train": ray.data.from_items(ROWS)})
     ok = fit(_job(m0, tmp_path, "after"), {"train": ray.data.from_items(ROWS)})
-    assert ok.steps == 2
+    assert ok.steps == 4
