@@ -5,6 +5,8 @@ Only Ray's own settings are used:
 - Ray Data: `RAY_DATA_LOGGING_CONFIG` points at `ray_data_logging.yaml` (Ray's default config with the
   console handler at WARNING; the `ray-data.log` file keeps everything), and the DataContext turns off the
   per-dataset execution-plan lines and, on a terminal, Ray Data's own progress bars (ours cover the stages).
+- Ray Data's usage collector (queries a Prometheus that local clusters do not run): off
+  (`RAY_DATA_USAGE_DISABLED=1`).
 - Ray Core: `ray.init(log_to_driver=False, logging_level=WARNING)` (worker output stays in
   `logs/worker-*.out`), set by actors.init_ray.
 - The raylet's "N worker processes have been started ... Nx the maximum expected startup concurrency"
@@ -34,6 +36,9 @@ def before_init(num_cpus: Optional[int], local: bool, quiet: bool = True) -> Non
         if "ray.data" in sys.modules:   # ray.data read its config when imported: have it read ours
             from ray.data._internal.logging import configure_logging
             configure_logging()
+    # Ray Data's usage collector queries a Prometheus at localhost:9090 after every execution; a local
+    # cluster runs none, and the failed queries' tracebacks have reached the console
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     if local and num_cpus:
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(num_cpus))
 

@@ -167,12 +167,13 @@ def read_shards(files: list[str], columns: list[str]):
     task per file.
     """
     ctx = ray.data.DataContext.get_current()
-    v2 = ctx.use_datasource_v2
+    v2, bars = ctx.use_datasource_v2, ctx.enable_progress_bars
     ctx.use_datasource_v2 = False      # routes this read_parquet only; later reads keep Ray's default
+    ctx.enable_progress_bars = False   # V1's "Parquet dataset sampling" tqdm bar writes \r even to a pipe
     try:
         return ray.data.read_parquet(files, columns=columns)
     finally:
-        ctx.use_datasource_v2 = v2
+        ctx.use_datasource_v2, ctx.enable_progress_bars = v2, bars
 
 
 def training_dataset(dirs: list[str | Path]):

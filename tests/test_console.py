@@ -32,6 +32,7 @@ def test_quickstart_console_shows_ours_and_says_where_ray_logs_went(m0_run, tmp_
     p = subprocess.run(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=900)
     out = p.stdout.decode(errors="replace")
+    print(f"\n--- console ---\n{out!r}" if "\r" in out else f"\n--- console ---\n{out}")
     assert p.returncode == 0, out[-4000:]
     assert "\r" not in out and "\x1b[" not in out[: out.find("Ray's own logs")], "carriage returns in a log"
     lines = out.splitlines()
