@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/quickstart}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 S=.venv/bin/sitf-ray
-for b in engines actors weightsync orpo; do $S bench $b; done
+for b in engines actors weightsync orpo fit; do $S bench $b; done
 $S bench labeling run="$RUN"
 $S bench pipeline run="$RUN"
 $S eval-prm "$RUN" --out benchmarks/results/eval_prm.json

@@ -69,14 +69,28 @@ def session_loop(config: dict):
         ckpt = None
         try:
             run_job(job, item["shards"][rank], rank, world, resume)
-        except Exception:
-            # The driver gets the error at once; re-raising fails this worker, and Ray Train replaces the
-            # group (another rank may wait in a collective for this one).
-            ray.get(board.fail.remote(seq, rank, traceback.format_exc(limit=8)))
+        except Exception as e:
+            # A job's own error reaches the driver at once. A collective that broke because another worker
+            # died is not the job's fault: Ray Train replaces the group and the job resumes from its last
+            # checkpoint. Either way re-raising fails this worker (another rank may wait in a collective).
+            if not peer_lost(e):
+                ray.get(board.fail.remote(seq, rank, traceback.format_exc(limit=8)))
             raise
         if rank == 0:
             ray.get(board.finish.remote(seq, {"checkpoint": final_checkpoint_name(job["name"])}))
         after = seq
+
+
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport/",
+              "NCCL communicator was aborted", "ProcessGroupNCCL")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """True when `exc` is a collective (gloo / NCCL) failing because another worker of the group is gone."""
+    import torch.distributed as dist
+    if isinstance(exc, getattr(dist, "DistNetworkError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _PEER_LOST)
 
 
 # ---------------------------------------------------------------------------------------------- models

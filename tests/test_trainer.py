@@ -58,3 +58,39 @@ def test_a_failing_job_raises_a_clear_error_and_the_next_fit_works(m0, tmp_path,
         fit(bad, {"train": ray.data.from_items(ROWS)})
     ok = fit(_job(m0, tmp_path, "after"), {"train": ray.data.from_items(ROWS)})
     assert ok.steps == 4
+
+
+_GLOO = """
+import os, sys, datetime, torch, torch.distributed as dist
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", store=dist.FileStore(sys.argv[2], 2), rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=30))
+dist.all_reduce(torch.ones(4))                 # both ranks connected
+if rank == 1:
+    os._exit(9)                                # dies like a SIGKILLed worker
+try:
+    dist.all_reduce(torch.ones(1 << 20))
+except Exception as e:
+    from sitf_ray.train_loop import peer_lost
+    print("LOST" if peer_lost(e) else "OTHER", type(e).__name__, str(e)[:200])
+    sys.exit(0)
+print("NO ERROR")
+"""
+
+
+def test_a_collective_broken_by_a_dead_peer_is_told_apart_from_a_job_error(tmp_path):
+    """Survivors of a killed worker must not report the job as failed (Ray Train restarts the group and the
+    job resumes); real gloo errors from a dead peer are recognised, a job's own errors are not."""
+    import subprocess
+    import sys
+
+    from sitf_ray.train_loop import peer_lost
+    script = tmp_path / "gloo.py"
+    script.write_text(_GLOO)
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    out = procs[0].communicate(timeout=120)[0]
+    procs[1].wait(timeout=60)
+    assert "LOST" in out, out[-2000:]
+    assert not peer_lost(RuntimeError("fit broken: no-such-model is not a folder"))
+    assert not peer_lost(ValueError("Connection closed by peer"))     # only runtime errors of a collective
