@@ -411,6 +411,9 @@ def save_final(model, tok, job: dict, out: Path):
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     write_policy_meta(out, meta)
+    if job["objective"] != "prm" and not is_peft:   # a policy the driver will broadcast: hash it once, here
+        from .weights import record_wire_digest
+        record_wire_digest(out)
 
 
 def _allreduce_mean(metrics: dict, world: int) -> dict:

@@ -6,7 +6,7 @@ it with vLLM's `reload_weights` (HF names; vLLM fuses qkv / gate-up itself); all
 the adapter files, which replicas hot-load as a new LoRA request (no full reload), or, with `merge_adapter`
 (cluster.lora_generation; the default on CPU, where vLLM's LoRA decode is 4.7x slower), the adapter merged
 into its base on the driver, sent as full weights. Each replica answers
-with the blake3 digest of what it loaded; a mismatch with the driver's digest is an error, and the pool's version
+with the xxh3-128 digest of what it loaded; a mismatch with the driver's digest is an error, and the pool's version
 is what later generate calls require of every replica.
 
 On CUDA, `weights_nccl.push_policy_nccl` offers the same interface over vLLM's own NCCL weight-transfer
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from .engines.base import files_digest, pack_state
-from .policy_folder import read_policy_meta
+from .policy_folder import read_policy_meta, write_policy_meta
 
 
 @dataclass
@@ -32,7 +32,7 @@ class SyncReport:
     bytes: int
     digest: str
     replicas: int
-    phases: Optional[dict] = None   # seconds: read (folder -> tensors), pack (+ digest), load (all replicas)
+    phases: Optional[dict] = None   # seconds: read (folder -> tensors), pack (+ digest unless recorded), load
 
 
 def merged_state(folder: str | Path) -> dict:
@@ -65,6 +65,29 @@ def policy_payload(folder: str | Path, merge_adapter: bool = False) -> tuple[str
     return "full", state
 
 
+def _files_stamp(folder: Path) -> list:
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("*.safetensors"))]
+
+
+def record_wire_digest(folder: str | Path) -> None:
+    """Store the xxh3-128 digest of a full-weights folder in its policy meta, with the weight files' sizes and
+    mtimes: written once where the weights are made (a fit's final save), it spares every later broadcast of
+    the folder hashing 100s of MB on the driver before the replicas start loading. Adapters: nothing."""
+    folder = Path(folder)
+    meta = read_policy_meta(folder)
+    if meta["kind"] != "full":
+        return
+    _, state = policy_payload(folder)
+    meta |= {"wire_digest": pack_state(state).digest(), "wire_files": _files_stamp(folder)}
+    write_policy_meta(folder, meta)
+
+
+def _recorded_digest(folder: Path) -> Optional[str]:
+    """The digest record_wire_digest stored, if the weight files are still the ones it hashed."""
+    meta = read_policy_meta(folder)
+    return meta.get("wire_digest") if meta.get("wire_files") == _files_stamp(folder) else None
+
+
 def push_policy(pool, folder: str | Path, version: int, merge_adapter: bool = False) -> SyncReport:
     t0 = time.time()
     kind, payload = policy_payload(folder, merge_adapter)
@@ -75,7 +98,8 @@ def push_policy(pool, folder: str | Path, version: int, merge_adapter: bool = Fa
         got = pool.load_adapter(payload, version)
     else:
         wire = pack_state(payload)          # numpy buffers: every replica reads them without a copy
-        digest, size = wire.digest(), wire.nbytes
+        digest = (kind == "full" and _recorded_digest(Path(folder))) or wire.digest()
+        size = wire.nbytes
         t_pack = time.time()
         got = pool.load_state(wire, version)
     bad = [i for i, d in enumerate(got) if d != digest]
