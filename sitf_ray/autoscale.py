@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # GPU, so the trainers here request CPUs only.
 DEMO_OVERRIDES = [
     "iterations=1", "seed=0",
-    "task.arith.min_ops=2", "task.arith.max_ops=3", "task.arith.max_value=30",
+    "task.arith.sft_ops=[2,3]", "task.arith.train_ops=[2,3]", "task.arith.eval_ops=[2,3]", "task.arith.max_value=30",
     "task.arith.n_sft=600", "task.arith.n_train=32", "task.arith.n_val=32", "task.arith.n_test=32",
     "model.tiny.num_layers=2", "model.tiny.intermediate_size=256",
     "sft.max_epochs=3", "sft.min_epochs=0", "sft.eval_every=3", "sft.patience=1", "sft.lr=4e-3",
