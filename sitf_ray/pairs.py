@@ -170,6 +170,9 @@ def read_shards(files: list[str], columns: list[str]):
     v2, bars = ctx.use_datasource_v2, ctx.enable_progress_bars
     ctx.use_datasource_v2 = False      # routes this read_parquet only; later reads keep Ray's default
     ctx.enable_progress_bars = False   # V1's "Parquet dataset sampling" tqdm bar writes \r even to a pipe
+    if bars:     # ... and Ray's once-only "Progress bars disabled" warning would name a setting nobody set
+        from ray.util.debug import log_once
+        log_once("ray_data_progress_manager_disabled")
     try:
         return ray.data.read_parquet(files, columns=columns)
     finally:
