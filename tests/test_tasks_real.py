@@ -224,6 +224,16 @@ FENCES = [   # (completion, what the model did)
     ("```bash\npip install nothing\n```\n```python\n" + CODE + "\n```", "a shell block first"),
     ("```python\ndef f(x):\n    return x\n```\nFixed:\n```python\n" + CODE + "\n```", "draft, then the fix"),
     ("```python\nimport math\n```\n```python\ndef f(x):\n    return math.floor(x) * 2\n```", "imports apart"),
+    # written loosely (issue 21): each failed before fenced_blocks read them as a reader would
+    ("```python def f(x):\n    return x * 2\n```", "code on the tag's line"),
+    ("```python import math\ndef f(x):\n    return math.floor(x) * 2\n```", "import on the tag's line"),
+    ("Here it is:\n```def f(x): return x * 2```", "one line, fences on both ends"),
+    ("```python\n" + CODE + "```\nDone.", "closed at the end of the last code line"),
+    ("```python\n" + CODE + "\n``` That is all.\n", "closing fence followed by prose"),
+    ("```python\nimport math\n```python\ndef f(x):\n    return math.floor(x) * 2\n```", "reopened, never closed"),
+    ("~~~~\n" + CODE + "\n~~~~ end", "four tildes, prose after"),
+    ("- Solution:\n\t```py\n\tdef f(x):\n\t    return x * 2\n\t```", "tab-indented in a list item"),
+    ("Answer:\n```python\n" + CODE + "\n\nprint(f(2))", "never closed, usage after"),
 ]
 
 
