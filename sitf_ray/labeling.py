@@ -12,6 +12,10 @@ K completions reach the gold answer (hard label) or, as a soft label, the fracti
 * Prefixes are deduplicated across the N paths of a question (they share beginnings).
 * `binary` mode assumes labels fall from right to wrong once and finds the first wrong step with
   O(log n) prefix probes instead of n (all paths probe in lock-step rounds, one batched call per round).
+* With `check_rollouts` (tasks with a step checker, `Task.step_check`), a rollout reaches the gold answer
+  only if its whole text (prefix + completion) passes the checker: "26 - 21 = 4" on the way to the right
+  answer is not a hit. The sampled path itself is one rollout of each of its prefixes, so an
+  answer-correct path that fails the checker is labelled like a wrong answer (its last step wrong).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .engines.base import GenParams
-from .tasks.base import Task
+from .tasks.base import Task, passes_step_check
 
 
 @dataclass
@@ -35,6 +39,16 @@ class LabelStats:
     extra: dict = field(default_factory=dict)
 
 
+def rollout_hits(task: Task, rows: list[dict], texts: list[str], check: bool = False) -> list[bool]:
+    """Which rollouts (whole solution texts: prefix steps + completion) count as hits: the right final answer
+    and, with `check`, every equation true by the task's step checker (tasks without one: answer only)."""
+    from .sampling import check_all
+    ok = check_all(task, rows, texts)
+    if check and task.step_check is not None:
+        ok = [o and passes_step_check(task, t) for o, t in zip(ok, texts)]
+    return ok
+
+
 def prefix_text(task: Task, row: dict, steps: list[str]) -> str:
     """What the simulator continues: the question and the first steps, each closed by a newline.
 
@@ -46,8 +60,11 @@ def prefix_text(task: Task, row: dict, steps: list[str]) -> str:
 class Prober:
     """Runs K rollouts per distinct (question, prefix), caching every answer it has seen."""
 
-    def __init__(self, task: Task, rows: dict, pool, k: int, temperature: float, max_tokens: int, seed: int):
+    def __init__(self, task: Task, rows: dict, pool, k: int, temperature: float, max_tokens: int, seed: int,
+                 check: bool = False):
         self.task, self.rows, self.pool, self.k = task, rows, pool, k
+        self.check = check               # a hit must also pass the task's step checker
+        self.failed_check = 0            # rollouts with the right answer that the checker turned into misses
         self.params = GenParams(n=k, temperature=temperature, max_tokens=max_tokens, stop=tuple(task.stop))
         # an answer is a few tokens: stop at the end of its line
         self.answer_params = GenParams(n=k, temperature=temperature, max_tokens=min(16, max_tokens),
@@ -69,14 +86,17 @@ class Prober:
             outs = self.pool.generate(prompts, params, seed=self.seed + 7919 * self.calls,
                                       desc=f"rollouts x{self.k}")
             self.calls += 1
-            from .sampling import check_all
             flat_rows, flat_texts = [], []
             for (q, st), prompt_outs in zip(todo, outs):
                 done = self.task.join_steps(list(st)) + "\n" + forced
                 flat_rows += [self.rows[q]] * len(prompt_outs)
                 flat_texts += [done + c.text for c in prompt_outs]
                 self.tokens += sum(c.n_tokens for c in prompt_outs)
-            ok = check_all(self.task, flat_rows, flat_texts)
+            answered = rollout_hits(self.task, flat_rows, flat_texts)
+            ok = answered
+            if self.check and self.task.step_check is not None:
+                ok = [a and passes_step_check(self.task, t) for a, t in zip(answered, flat_texts)]
+                self.failed_check += sum(answered) - sum(ok)
             for i, key in enumerate(todo):
                 self.cache[key + tag] = sum(ok[i * self.k:(i + 1) * self.k])
         return {k: self.cache[k + tag] for k in keys}
@@ -84,17 +104,26 @@ class Prober:
 
 def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=None, k: int = 8,
                   delta: int = 0, temperature: float = 1.0, max_tokens: int = 128, seed: int = 0,
-                  skip_correct_paths: bool = True, answer_probe: bool = False) -> tuple[list[dict], LabelStats]:
+                  skip_correct_paths: bool = True, answer_probe: bool = False,
+                  check_rollouts: bool = False) -> tuple[list[dict], LabelStats]:
     """Label every step of every sample. Returns label rows (one per sample) and statistics.
 
     samples: dicts with id, qid, steps, correct.   rows: qid -> task row (prompt, answer, oracle data).
     answer_probe (with skip_correct_paths=False): the answer line of an answer-correct path counts as right
     only if the simulator, made to answer right after the steps before it, answers right (Prober.hits
     answer_now) -- a right answer given too early (a skipped step) is luck too.
+    check_rollouts: a rollout, and the sampled path itself, is a hit only if it passes the task's step
+    checker (see the module doc); label rows keep the path's own answer correctness in `correct`.
     """
     t0 = time.time()
     stats = LabelStats(paths=len(samples), steps=sum(len(s["steps"]) for s in samples))
-    prober = Prober(task, rows, pool, k, temperature, max_tokens, seed) if mode in ("mc", "binary") else None
+    check = check_rollouts and task.step_check is not None and mode != "oracle"
+    given = samples
+    if check:    # the path is its own rollout: a right answer reached through a false equation is no hit
+        samples = [dict(s, correct=False) if s["correct"] and not passes_step_check(task, task.join_steps(s["steps"]))
+                   else s for s in samples]
+        stats.extra["paths_failing_check"] = sum(a["correct"] and not b["correct"] for a, b in zip(given, samples))
+    prober = Prober(task, rows, pool, k, temperature, max_tokens, seed, check) if mode in ("mc", "binary") else None
     fractions: list[list[Optional[float]]] = []
     for s in samples:
         n = len(s["steps"])
@@ -131,7 +160,7 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
         raise ValueError(f"labeling.mode must be mc, binary or oracle (got {mode!r})")
 
     out = []
-    for s, fr in zip(samples, fractions):
+    for s, fr in zip(given, fractions):
         hard = [int(f * k > delta) if mode != "oracle" else int(f) for f in fr]
         stats.positives += sum(hard)
         row = {"id": s["id"], "qid": s["qid"], "steps": s["steps"], "labels": hard, "soft": fr,
@@ -143,6 +172,8 @@ def label_samples(samples: list[dict], rows: dict, task: Task, mode: str, pool=N
         stats.prefixes_probed = len(prober.cache)
         stats.rollouts = len(prober.cache) * k
         stats.rollout_tokens = prober.tokens
+        if check:
+            stats.extra["rollouts_failing_check"] = prober.failed_check
     stats.seconds = time.time() - t0
     return out, stats
 
@@ -227,10 +258,16 @@ def prf(pred: list[int], gold: list[int]) -> dict:
 
 
 def versus_oracle(label_rows: list[dict]) -> dict:
-    """Label quality against the exact oracle (tasks that have one)."""
+    """Label quality against the exact oracle (tasks that have one): step precision / recall / F1, and path
+    precision: of the answer-correct paths labelled right at every step, the fraction the oracle calls sound
+    (what a PRM trained on these labels learns to call a good solution)."""
     pred = [x for r in label_rows if "oracle" in r for x in r["labels"]]
     gold = [x for r in label_rows if "oracle" in r for x in r["oracle"]]
-    return prf(pred, gold) if gold else {}
+    if not gold:
+        return {}
+    all_right = [r for r in label_rows if "oracle" in r and r["correct"] and all(r["labels"])]
+    sound = sum(all(r["oracle"]) for r in all_right)
+    return prf(pred, gold) | {"path_precision": sound / max(1, len(all_right)), "paths_all_right": len(all_right)}
 
 
 def trl_stepwise(label_rows: list[dict], prompts: dict) -> list[dict]:

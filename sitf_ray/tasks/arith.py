@@ -17,6 +17,7 @@ import re
 from typing import Optional
 
 from .base import Task, extract_final_number, numbers_equal, split_lines
+from .equations import equations_true
 
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo",
          "Mia", "Ned", "Ola", "Pam", "Raj", "Sue", "Tom", "Uma", "Vic", "Wes", "Zoe"]
@@ -171,9 +172,17 @@ def step_oracle(row: dict, steps: list[str]) -> list[bool]:
     return out
 
 
+def answer_equations_valid(text: str) -> bool:
+    """Every equation in the text is exactly true (the paper's filter for math samples; arith's step checker).
+
+    Any spelling is read ("12+7=20.", "12 + 7 = 19 = 20", a line break before the '='), not only the canonical
+    `a op b = c` line, so a false step cannot pass by being written differently; division must be exact."""
+    return equations_true(text, exact=True)
+
+
 TASK = Task(name="arith", load=load, prompt=prompt, target=gold_solution, split_steps=split_lines,
             extract_answer=extract_answer, is_correct=is_correct, step_oracle=step_oracle,
-            answer_prefix="The answer is")
+            answer_prefix="The answer is", step_check=answer_equations_valid)
 
 
 def corpus(cfg, n: int = 2000) -> list[str]:
@@ -188,13 +197,4 @@ def corpus(cfg, n: int = 2000) -> list[str]:
     return out
 
 
-def answer_equations_valid(text: str) -> bool:
-    """Every equation line is arithmetically true (the paper's filter for math samples)."""
-    for step in split_lines(text):
-        m = STEP_RE.match(step)
-        if m and _apply(int(m.group(1)), m.group(2), int(m.group(3))) != int(m.group(4)):
-            return False
-    return True
-
-
-__all__ = ["TASK", "make_problem", "gold_solution", "step_oracle", "extract_final_number"]
+__all__ = ["TASK", "make_problem", "gold_solution", "step_oracle", "extract_final_number", "answer_equations_valid"]

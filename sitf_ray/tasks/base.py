@@ -33,6 +33,15 @@ class Task:
     is_code: bool = False
     # Many checks at once (code tasks run their sandboxed programs concurrently): (rows, completions) -> bools
     is_correct_many: Optional[Callable[[list, list], list]] = None
+    # Step checker: (solution text) -> is every step's arithmetic true? (arith, gsm8k: every `a op b = c`
+    # the model wrote; tasks/equations.py). None = nothing to check (always passes). Used by the paper's
+    # sampling filter (sampling.require_valid_equations) and by labeling.check_rollouts.
+    step_check: Optional[Callable[[str], bool]] = None
+
+
+def passes_step_check(task: Task, text: str) -> bool:
+    """The task's step checker on one solution text; True for tasks without one."""
+    return task.step_check is None or bool(task.step_check(text))
 
 
 def split_lines(text: str) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Optional
 
 from ..data import STR, hub_rows, read_jsonl, source_path
 from .base import DataError, Task, extract_final_number, normalize_number, numbers_equal, split_lines
+from .equations import equations_true
 
 FILES = {"train": "gsm8k_train.jsonl.gz", "test": "gsm8k_test.jsonl"}
 SPEC = {"question": STR, "answer": STR}
@@ -145,7 +146,8 @@ def is_correct(row: dict, completion: str) -> bool:
 
 
 TASK = Task(name="gsm8k", load=load, prompt=prompt, target=target, split_steps=split_lines,
-            extract_answer=extract_answer, is_correct=is_correct, stop=["\nQuestion:"], answer_prefix="The answer is")
+            extract_answer=extract_answer, is_correct=is_correct, stop=["\nQuestion:"], answer_prefix="The answer is",
+            step_check=equations_true)   # a calculator check of the model's own arithmetic (rounding allowed)
 
 __all__ = ["TASK", "load", "prompt", "target", "extract_answer", "is_correct", "clean_solution",
            "split_sizes"]
