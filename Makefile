@@ -1,7 +1,6 @@
 # The two commands a newcomer needs (README): `make quickstart` and `make test`.
 VENV ?= .venv
 export PYTHONUNBUFFERED=1
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup quickstart test test-slow autoscale-demo lock bench clean
 

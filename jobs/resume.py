@@ -1,10 +1,9 @@
-"""`ray job submit --working-dir . -- python jobs/resume.py RUN_DIR_OR_URI`: continue a run after a crash."""
+"""`ray job submit --working-dir . -- PYTHON jobs/resume.py RUN_DIR_OR_URI`: continue a run after a crash.
+(PYTHON: the project's interpreter, see jobs/train.py)
+"""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sitf_ray.cli import main  # noqa: E402
+from _entry import run  # jobs/_entry.py: checks the interpreter first
 
 if __name__ == "__main__":
-    sys.exit(main(["resume", *sys.argv[1:]]))
+    sys.exit(run("resume"))

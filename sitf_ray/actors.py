@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .engines.base import Completion, EngineSpec, GenParams, chunk_seed, make_engine
 from .progress import progress
+from .scheduling import ClusterError, wait_placement_group
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,6 @@ log = logging.getLogger(__name__)
 ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
              "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
              "RAY_DEDUP_LOGS": "1"}
-
-
-class ClusterError(RuntimeError):
-    """The cluster cannot be reached or cannot give what the config asks for (message says which)."""
 
 
 class StaleWeightsError(RuntimeError):
@@ -74,7 +72,8 @@ class Generator:
     def info(self) -> dict:
         return {"replica": self.replica, "version": self.engine.version, "digest": self.engine.digest,
                 "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "dist_ident": self.dist_ident}
+                "dist_ident": self.dist_ident,
+                "precision": getattr(self.engine, "precision", None) and self.engine.precision.as_dict()}
 
     def close(self):
         self.engine.close()
@@ -82,18 +81,22 @@ class Generator:
 
 @ray.remote
 class PRMScorer:
-    """One PRM replica (prm.PRMModel); `load` swaps in a new iteration's PRM without restarting the actor."""
+    """One PRM replica (prm.PRMModel); `load` swaps in a new iteration's PRM without restarting the actor.
+    dtype: 'auto' (decided here, on this replica's node: precision.resolve) or an explicit torch dtype name."""
 
-    def __init__(self, replica: int, threads: int = 1):
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        self.replica, self.threads, self.prm, self.folder = replica, threads, None, ""
-
-    def load(self, folder: str, max_len: int = 512) -> str:
+    def __init__(self, replica: int, threads: int = 1, dtype: str = "float32"):
         import torch
 
+        from .precision import resolve
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.replica, self.threads, self.prm, self.folder = replica, threads, None, ""
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = resolve(dtype, self.device)
+
+    def load(self, folder: str, max_len: int = 512) -> str:
         from .prm import PRMModel
-        self.prm = PRMModel(folder, max_len=max_len, threads=self.threads,
-                            device="cuda" if torch.cuda.is_available() else "cpu")
+        self.prm = PRMModel(folder, max_len=max_len, threads=self.threads, device=self.device,
+                            dtype=self.precision.dtype)
         self.folder = folder
         return folder
 
@@ -104,7 +107,8 @@ class PRMScorer:
         return self.prm.score(items)
 
     def info(self) -> dict:
-        return {"replica": self.replica, "folder": self.folder, "pid": os.getpid()}
+        return {"replica": self.replica, "folder": self.folder, "pid": os.getpid(),
+                "precision": self.precision.as_dict()}
 
 
 _ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -128,14 +132,14 @@ class ReplicaPool:
         bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
         self.pg = placement_group([bundle] * replicas, strategy=strategy,
                                   name=f"sitf-{name}-{uuid.uuid4().hex[:8]}")   # names must be unique
-        ready, _ = ray.wait([self.pg.ready()], timeout=float(os.environ.get("SITF_PG_TIMEOUT", 600)))
-        if not ready:
-            remove_placement_group(self.pg)
-            raise ClusterError(f"{name}: cluster cannot place {replicas} replicas of {bundle} "
-                               f"(strategy {strategy}); lower the cluster.* resources or add nodes")
+        wait_placement_group(self.pg, f"{name} pool ({replicas} replicas, strategy {strategy})")
         self.actors = [self._start(i) for i in range(replicas)]
         self.replayed: dict[str, tuple] = {}   # last broadcast per method, replayed on restarted replicas
         self.stats = PoolStats()
+        # When set, map() keeps each finished chunk's result here, keyed by what determines it (method, items,
+        # arguments, chunk seed), and takes it back instead of recomputing: a stage interrupted part-way
+        # resumes from its finished chunks with identical results (per-chunk seeds). The caller owns the folder.
+        self.partial_dir = None
         self._wait_ready()
 
     # ------------------------------------------------------------------------------------ replicas
@@ -146,8 +150,11 @@ class ReplicaPool:
         return self.actor_cls.options(**opts).remote(*self.make_args(i))
 
     def _wait_ready(self):
-        # The first call on each actor raises if its constructor failed: surface that error now.
-        ray.get([a.info.remote() for a in self.actors])
+        # The first call on each actor raises if its constructor failed: surface that error now. Each replica
+        # chose its dtype on its own node; the console says so once per distinct choice.
+        from .precision import announce
+        for info in ray.get([a.info.remote() for a in self.actors]):
+            announce(info.get("precision") if isinstance(info, dict) else None, self.name)
 
     def _restart(self, i: int):
         self.stats.restarts += 1
@@ -188,7 +195,8 @@ class ReplicaPool:
         """Ordered results of `method(chunk, ..., seed=chunk_seed(seed, c), **kwargs)` over all chunks."""
         chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
         results: list[Any] = [None] * len(chunks)
-        todo = list(range(len(chunks)))[::-1]       # pop() takes chunks in order
+        kept, files = self._kept_chunks(method, chunks, seed, kwargs, results)
+        todo = [c for c in range(len(chunks)) if c not in kept][::-1]       # pop() takes chunks in order
         busy: dict = {}                              # ref -> (replica, chunk index)
         depth = 2                                    # chunks queued per replica (keeps it fed)
         self.stats.requests += 1
@@ -202,6 +210,8 @@ class ReplicaPool:
             busy[getattr(self.actors[i], method).remote(chunks[c], **kw)] = (i, c)
 
         with progress(total=len(items), desc=desc or f"{self.name}.{method}", unit=unit) as bar:
+            if kept:
+                bar.update(sum(len(chunks[c]) for c in kept))
             for _ in range(depth):
                 for i in range(len(self.actors)):
                     if todo:
@@ -225,9 +235,38 @@ class ReplicaPool:
                             submit(i)
                     continue
                 bar.update(len(chunks[c]))
+                if files:
+                    from .artifacts import atomic_write_bytes
+                    atomic_write_bytes(files[c], pickle.dumps(results[c]))
                 if todo:
                     submit(i)
         return [r for chunk in results for r in chunk]
+
+    def _kept_chunks(self, method: str, chunks: list, seed, kwargs: dict, results: list):
+        """With partial_dir set: load the chunks an earlier, interrupted call finished into `results`.
+        Returns (indices of the chunks loaded, {chunk index: its file}); (set(), {}) without partial_dir."""
+        if self.partial_dir is None:
+            return set(), {}
+        import hashlib
+        from pathlib import Path
+        folder = Path(self.partial_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        args = repr(sorted((k, v) for k, v in kwargs.items() if k != "min_version"))  # a version number is not content
+        files, kept = {}, set()
+        for c, chunk in enumerate(chunks):
+            s = chunk_seed(seed, c) if seed is not None else None
+            key = hashlib.sha256(repr((method, chunk, args, s)).encode()).hexdigest()[:32]
+            files[c] = folder / f"{method}-{key}.pkl"
+            if files[c].exists():
+                try:
+                    results[c] = pickle.loads(files[c].read_bytes())
+                    kept.add(c)
+                except Exception:      # a torn or foreign file: compute the chunk again
+                    results[c] = None
+        if kept:
+            print(f"[resume] {self.name}.{method}: {len(kept)} of {len(chunks)} chunks kept from an interrupted "
+                  f"call", flush=True)
+        return kept, files
 
     def shutdown(self):
         infos = []
@@ -314,8 +353,18 @@ def _check_reachable(address: str, timeout: float = 10.0):
         raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {e.strerror or e}") from None
 
 
+def local_cpus(configured: Optional[int] = None) -> int:
+    """Logical CPUs of a local Ray started by any command: cluster.num_cpus, else max(8, 2 x cores).
+
+    More logical CPUs than cores on purpose: generators, scorers, Ray Train workers and Serve's ingress
+    mostly wait on each other, and each asks for whole CPUs; with the machine's 2 cores as 2 logical CPUs,
+    the LLM server's placement group alone took both and `serve` never started (issue 21)."""
+    return int(configured or max(8, 2 * (os.cpu_count() or 1)))
+
+
 def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
-    """Connect to the cluster in RAY_ADDRESS (ray job submit) or start a local Ray."""
+    """Connect to the cluster in RAY_ADDRESS (ray job submit) or start a local Ray with local_cpus(num_cpus)
+    logical CPUs. Every command starts Ray through here."""
     if ray.is_initialized():
         return ray.cluster_resources()
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
@@ -332,6 +381,12 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
         except ConnectionError as e:
             raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {e}") from None
     else:
+        num_cpus = local_cpus(num_cpus)
+        # Token authentication stays on for a local cluster (Ray's default: its ports listen on every
+        # interface, not only loopback); only Ray's notice that it is on by default is kept off the console.
+        # A user's RAY_AUTH_MODE wins; a joined cluster keeps its own (docs/RELIABILITY.md).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        print(f"[ray] starting a local Ray ({num_cpus} logical CPUs on {os.cpu_count()} cores)", flush=True)
         # address="local": always a fresh local instance, never a stale `ray start` cluster recorded in
         # /tmp/ray/ray_current_cluster (which plain ray.init() would try to join)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kw)
@@ -339,6 +394,9 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     return ray.cluster_resources()
 
 
-def scorer_pool(replicas: int, cpus: float, gpus: float = 0.0, threads: int = 1, strategy: str = "PACK"):
-    """R PRMScorer replicas in a placement group (load with .broadcast('load', folder, max_len))."""
-    return ReplicaPool(PRMScorer, lambda i: (i, threads), replicas, cpus, gpus, strategy, name="prm-scorer")
+def scorer_pool(replicas: int, cpus: float, gpus: float = 0.0, threads: int = 1, strategy: str = "PACK",
+                dtype: str = "float32"):
+    """R PRMScorer replicas in a placement group (load with .broadcast('load', folder, max_len)); dtype: 'auto'
+    (each replica decides on its node) or explicit."""
+    return ReplicaPool(PRMScorer, lambda i: (i, threads, dtype), replicas, cpus, gpus, strategy,
+                       name="prm-scorer")

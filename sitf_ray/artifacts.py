@@ -137,6 +137,58 @@ class Ledger:
         write_json(self.path, self.data)
 
 
+class RunClock:
+    """The run's wall-clock record, `timings.json`, across every call that worked on it (run, quickstart,
+    resume): each call adds an entry to `calls` ({'started': ISO time, 'seconds'}); `total_seconds` is their
+    sum; `weight_syncs` keeps every call's syncs. Nothing an earlier call recorded is rewritten or lost, and
+    a call that is killed keeps what it spent up to its last flush (a daemon thread flushes every `every` s).
+
+    extra: a callable returning more top-level fields to write (e.g. per-stage seconds from the ledgers).
+    """
+
+    def __init__(self, root: str | Path, weight_syncs: list, extra=None, every: float = 10.0):
+        import threading
+        import time
+        self.path = Path(root) / "timings.json"
+        old = read_json(self.path) if self.path.exists() else {}
+        calls = old.get("calls")
+        if calls is None and "total_seconds" in old:   # written before calls were kept
+            calls = [{"started": None, "seconds": old["total_seconds"]}]
+        self.calls, self.old_syncs = list(calls or []), list(old.get("weight_syncs", []))
+        self.syncs, self.extra, self.t0 = weight_syncs, extra, time.time()
+        self.calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0})
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.flush()
+        self._thread = threading.Thread(target=self._loop, args=(every,), name="sitf-run-clock", daemon=True)
+        self._thread.start()
+
+    def _loop(self, every: float):
+        while not self._stop.wait(every):
+            try:
+                self.flush(extra=False)
+            except Exception:       # a record must never stop the run
+                pass
+
+    def flush(self, extra: bool = True) -> dict:
+        import time
+        with self._lock:
+            self.calls[-1]["seconds"] = round(time.time() - self.t0, 3)
+            rec = {"total_seconds": round(sum(c["seconds"] for c in self.calls), 3), "calls": self.calls,
+                   "weight_syncs": self.old_syncs + list(self.syncs)}
+            prev = read_json(self.path) if self.path.exists() else {}
+            rec.update({k: v for k, v in prev.items() if k not in rec})     # fields written by `extra` before
+            if extra and self.extra is not None:
+                rec.update(self.extra())
+            write_json(self.path, rec)
+            return rec
+
+    def stop(self) -> dict:
+        """Final flush (with `extra`); the clock stops."""
+        self._stop.set()
+        return self.flush()
+
+
 def mirror_up(local: str | Path, uri: str) -> None:
     """Copy a run directory to a bucket or other filesystem URI (s3://, gs://, file://) with pyarrow."""
     import pyarrow.fs as pafs

@@ -80,7 +80,7 @@ def submit(cluster: FakeCluster, sid: str, entry: list[str]):
     """`ray job submit --no-wait` with the project as working dir and jobs/runtime_env.yaml."""
     cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", cluster.dashboard,
            "--submission-id", sid, "--no-wait", "--working-dir", str(ROOT),
-           "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--", "python", *entry]
+           "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--", "python3", *entry]
     deadline = time.time() + 180
     while True:
         p = subprocess.run(cmd, env=cluster.env(), capture_output=True, text=True, timeout=300)

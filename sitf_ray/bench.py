@@ -31,9 +31,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine() -> dict:
+    """Facts of the machine a benchmark ran on; 'cpu': model name, ISA flags (avx512_bf16, amx_bf16, avx512f,
+    avx2, ...), native bf16 or not (precision.cpu_record)."""
     import torch
+
+    from .precision import cpu_record
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpu": cpu_record(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -108,8 +112,23 @@ def workload(model: Path, kind: str, n_prompts: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- engines
 
+WARMUP_SEQUENCES = 8      # the warm-up decodes about this many sequences (prompts x n), 16 tokens each
+CALIBRATION_FRACTION = 8  # budgeted runs time one pass of all prompts at 1/8 of max_tokens first
+
+
 def _measure_engine(spec: dict) -> dict:
-    """Runs in a subprocess: build one engine, warm it up, time generate() (median of repeats)."""
+    """Runs in a subprocess: build one engine, warm it up, time generate() (median of repeats).
+
+    The warm-up (WARMUP_SEQUENCES sequences of 16 tokens) takes the engine's one-time costs (kernel set-up,
+    allocations). spec['budget_s'] (optional) bounds the timed part: a calibration pass
+    over all prompts at 1/CALIBRATION_FRACTION of max_tokens (same batch, so batching is accounted for)
+    estimates one full pass; above the budget, passes decode fewer tokens per sequence (same batch, so
+    tokens/s stays comparable; at least half the tokens, so the prefill does not dominate) and, past that,
+    fewer prompts; repeats stop once the next one would take the timed total past the budget (at least one
+    pass is timed). What was cut is recorded under 'shortened' ({'max_tokens': [asked, used], 'prompts':
+    [asked, used], 'repeats': [asked, done], 'reason'}); 'pass_seconds' lists every pass."""
+    from dataclasses import replace
+
     from .engines.base import EngineSpec, GenParams, make_engine
     es = EngineSpec(**spec["engine"])
     t0 = time.time()
@@ -121,16 +140,45 @@ def _measure_engine(spec: dict) -> dict:
     build_s = time.time() - t0
     prompts = spec["prompts"]
     p = GenParams(**spec["params"])
-    kw = {}
-    eng.generate(prompts[:4], p, seed=0)                       # warm-up
+    kw: dict = {"dtype": getattr(eng, "precision", None) and eng.precision.dtype}
+    t = time.time()
+    eng.generate(prompts[:max(1, WARMUP_SEQUENCES // p.n)], replace(p, max_tokens=min(p.max_tokens, 16)), seed=0)
+    warm_s = time.time() - t
+    budget, repeats, cut = spec.get("budget_s"), int(spec.get("repeats", 3)), {}
+    if budget:
+        cal = max(1, p.max_tokens // CALIBRATION_FRACTION)
+        t = time.time()
+        eng.generate(prompts, replace(p, max_tokens=cal), seed=0)
+        kw["calibration_seconds"] = time.time() - t
+        est = kw["calibration_seconds"] * p.max_tokens / cal       # prefill counted again per slice: an over-estimate
+        if est > budget:
+            # fewer tokens per sequence first (same batch), but at least half of them so that decoding, not the
+            # prefill, still dominates; then fewer prompts for the rest
+            f = budget / est
+            short = max(cal, p.max_tokens // 2, int(p.max_tokens * f))
+            n = max(1, min(len(prompts), round(len(prompts) * f * p.max_tokens / short)))
+            cut = {"max_tokens": [p.max_tokens, short], "reason": f"one pass estimated at {est:.0f} s (from a "
+                   f"pass at {cal} tokens), over the {budget:.0f} s budget"}
+            if n < len(prompts):
+                cut["prompts"] = [len(prompts), n]
+                prompts = prompts[:n]
+            p = replace(p, max_tokens=short)
     times, toks = [], 0
-    for r in range(spec.get("repeats", 3)):
+    for r in range(repeats):
         t = time.time()
         out = eng.generate(prompts, p, seed=r)
         times.append(time.time() - t)
         toks = sum(c.n_tokens for o in out for c in o)
+        if budget and r + 1 < repeats and sum(times) + times[-1] > budget:
+            why = f"another pass would take the timed total over the {budget:.0f} s budget"
+            cut.update(repeats=[repeats, r + 1], reason="; ".join(filter(None, [cut.get("reason"), why])))
+            break
+    if cut:
+        kw["shortened"] = cut
     s = statistics.median(times)
-    return {"seconds": s, "tokens": toks, "tokens_per_s": toks / s, "build_seconds": build_s, **kw}
+    return {"seconds": s, "tokens": toks, "tokens_per_s": toks / s, "build_seconds": build_s,
+            "warmup_seconds": warm_s, "prompts": len(prompts), "max_tokens": p.max_tokens, "repeats": len(times),
+            "pass_seconds": times, **kw}
 
 
 def run_engine_subprocess(spec: dict, threads: int) -> dict:
@@ -145,11 +193,20 @@ def run_engine_subprocess(spec: dict, threads: int) -> dict:
 
 
 def bench_engines(opts: dict) -> dict:
+    """vLLM vs HF generate on this machine, SmolLM2 in both float32 and bfloat16 (the tiny model in float32,
+    the quickstart's dtype), plus the LoRA decode comparison in the dtype `model.dtype: auto` picks here.
+    opts: threads, repeats (3), budget_s (30: timed seconds per measurement, see _measure_engine; 0 = no
+    bound), dtypes (comma list, default 'float32,bfloat16'), smollm ('1'), cases ('lora': that one only).
+    Returns the JSON record; the CPU's model and flags are in 'machine' (run_bench) and 'cpu'."""
+    from .precision import cpu_record, resolve
+    t_start = time.time()
     threads = int(opts.get("threads", os.cpu_count() or 1))
+    budget = float(opts.get("budget_s", 30)) or None
+    auto = resolve("auto", "cpu")
     cases = []
     models = [(tiny_model(), "float32")]
     if opts.get("smollm", "1") == "1" and (sm := smollm_model()) is not None:
-        models.append((sm, "bfloat16"))
+        models += [(sm, d) for d in opts.get("dtypes", "float32,bfloat16").split(",")]
     lora_only = opts.get("cases") == "lora"      # just the LoRA decode comparison (SmolLM2)
     for model, dtype in models:
         tiny = "tiny" in model.name
@@ -164,14 +221,22 @@ def bench_engines(opts: dict) -> dict:
                 spec = {"engine": {"model": str(model), "kind": kind, "dtype": dtype, "threads": threads,
                                    "max_model_len": 256 if tiny else 1024, "kv_cache_bytes": 512 << 20,
                                    "device": "cpu"},
-                        "prompts": prompts, "params": params, "repeats": int(opts.get("repeats", 3))}
+                        "prompts": prompts, "params": params, "repeats": int(opts.get("repeats", 3)),
+                        "budget_s": budget}
                 row[kind] = run_engine_subprocess(spec, threads)
-                print(f"[bench engines] {model.name} {name} {kind}: {row[kind]['tokens_per_s']:.0f} tok/s", flush=True)
+                cut = " (shortened)" if "shortened" in row[kind] else ""
+                print(f"[bench engines] {model.name} {dtype} {name} {kind}: {row[kind]['tokens_per_s']:.0f} tok/s"
+                      f"{cut}", flush=True)
             row["ratio_vllm_over_hf"] = row["vllm"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
             cases.append(row)
-        if not tiny:
-            cases.append(lora_decode(model, dtype, threads, int(opts.get("repeats", 3))))
-    return {"benchmark": "engines", "threads": threads, "cases": cases,
+        if not tiny and dtype == auto.dtype:
+            cases.append(lora_decode(model, dtype, threads, int(opts.get("repeats", 3)), budget))
+    return {"benchmark": "engines", "threads": threads, "cpu": cpu_record(), "dtype_auto": auto.as_dict(),
+            "budget_s": budget, "seconds": time.time() - t_start, "cases": cases,
+            "notes": "SmolLM2 in float32 and bfloat16, the tiny model in float32 (model.dtype auto is float32 for "
+                     "it); lora_decode in the dtype auto picks on this CPU. A measurement whose timed part would "
+                     "exceed budget_s is shortened (fewer tokens per sequence, down to half; then fewer prompts; "
+                     "fewer repeats) and says so under 'shortened'",
             "targets": {"raw_decode": ">= 3x", "mc_rollouts": ">= 5x",
                         "lora_decode": "informs cluster.lora_generation (merged on CPU when faster)"}}
 
@@ -194,7 +259,7 @@ def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str, 
     return ad
 
 
-def lora_decode(model: Path, dtype: str, threads: int, repeats: int) -> dict:
+def lora_decode(model: Path, dtype: str, threads: int, repeats: int, budget: Optional[float] = None) -> dict:
     """vLLM sampling with a LoRA policy (all 7 linear layers, as the recipes train it): hot-loaded adapter
     vs the same adapter merged into full weights."""
     ad = lora_adapter(model, dtype, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -206,7 +271,8 @@ def lora_decode(model: Path, dtype: str, threads: int, repeats: int) -> dict:
         spec = {"engine": {"model": str(model), "kind": "vllm", "dtype": dtype, "threads": threads,
                            "max_model_len": 1024, "kv_cache_bytes": 512 << 20, "device": "cpu",
                            "lora_rank": 0 if merge else 16},
-                "adapter": str(ad), "merge": merge, "prompts": prompts, "params": params, "repeats": repeats}
+                "adapter": str(ad), "merge": merge, "prompts": prompts, "params": params, "repeats": repeats,
+                "budget_s": budget}
         row[name] = run_engine_subprocess(spec, threads)
         print(f"[bench engines] {model.name} lora_decode {name}: {row[name]['tokens_per_s']:.0f} tok/s", flush=True)
     row["ratio_merged_over_adapter"] = row["merged"]["tokens_per_s"] / row["adapter"]["tokens_per_s"]

@@ -9,6 +9,10 @@ from pathlib import Path
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # transformers' "Writing model shards" bars: not ours
+# A Ray call after this process's Ray is shut down (a library's thread at exit) fails instead of connecting to
+# whichever other Ray instance runs on the machine; read when ray is imported, so set before that
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 QUICKSTART = ["method=sipf", "baselines=[outcome,sft]"]
 
@@ -16,6 +20,19 @@ QUICKSTART = ["method=sipf", "baselines=[outcome,sft]"]
 def _cfg(path, overrides):
     from . import config as C
     return C.load(path, overrides)
+
+
+def _run_dir(path: str, need: str = "config.yaml", why: str = "") -> Path:
+    """A run directory that holds `need`; UsageError (exit 2, one line) otherwise."""
+    from .config import UsageError
+    d = Path(path)
+    if not d.is_dir():
+        raise UsageError(f"{path}: no such run directory")
+    if not (d / "config.yaml").is_file():
+        raise UsageError(f"{path}: not a run directory (no config.yaml)")
+    if not (d / need).exists():
+        raise UsageError(f"{path}: no {need}{why}")
+    return d
 
 
 def _ray_logs() -> None:
@@ -43,7 +60,8 @@ def cmd_run(a) -> int:
     from .pipeline import run
     from .report import table
     cfg = _cfg(a.config, a.overrides)
-    res = run(cfg, a.out or f"runs/{Path(a.config).stem}")
+    a.out = a.out or f"runs/{Path(a.config).stem}"
+    res = run(cfg, a.out)
     print("\n" + table(res))
     _ray_logs()
     return 0
@@ -57,9 +75,10 @@ def cmd_resume(a) -> int:
         from .artifacts import mirror_down
         local = Path("runs") / a.dir.rstrip("/").rsplit("/", 1)[-1]
         a.dir = str(mirror_down(a.dir, local))
-    path = Path(a.dir) / "config.yaml"
-    if not path.exists():
-        raise C.ConfigError(f"{a.dir}: no config.yaml here; nothing to resume")
+    path = _run_dir(a.dir) / "config.yaml"
+    done = (Path(a.dir) / "results.json").exists()
+    print(f"[resume] {a.dir}: " + ("finished run; checking every stage's files (nothing finished is redone)"
+                                   if done else "continuing (finished stages are kept)"), flush=True)
     res = run(C.load(path, a.overrides), a.dir, resume=True)
     print("\n" + table(res))
     _ray_logs()
@@ -69,19 +88,20 @@ def cmd_resume(a) -> int:
 def cmd_eval(a) -> int:
     from . import config as C
     from .actors import init_ray
-    from .pipeline import Context, load_policy, prepare, shutdown
     from .evaluate import evaluate
-    cfg = C.load(Path(a.dir) / "config.yaml")
-    init_ray(cfg.cluster.num_cpus or max(8, 2 * (os.cpu_count() or 1)))
-    ctx: Context = prepare(cfg, a.dir, resume=True)
-    its = sorted(Path(a.dir).glob("iter_*/policy"))
+    from .pipeline import Context, load_policy, prepare, shutdown
+    d = _run_dir(a.dir)
+    its = sorted(d.glob("iter_*/policy"))
     if not its:
-        print(f"{a.dir}: no trained policy yet", file=sys.stderr)
-        return 1
-    policy = Path(a.dir) / f"iter_{a.iteration:02d}" / "policy" if a.iteration is not None else its[-1]
+        raise C.UsageError(f"{a.dir}: no trained policy yet (iter_*/policy)")
+    policy = d / f"iter_{a.iteration:02d}" / "policy" if a.iteration is not None else its[-1]
     if not policy.exists():
-        print(f"{policy}: no such policy", file=sys.stderr)
-        return 1
+        have = ", ".join(str(int(p.parent.name.split("_")[1])) for p in its)
+        raise C.UsageError(f"{a.dir}: no policy for iteration {a.iteration} (iterations with a policy: {have})")
+    cfg = C.load(d / "config.yaml")
+    print(f"[eval] {policy}: starting Ray and a vLLM generator for {a.split} ...", flush=True)
+    init_ray(cfg.cluster.num_cpus)
+    ctx: Context = prepare(cfg, a.dir, resume=True)
     try:
         load_policy(ctx, policy)
         rows = ctx.splits["test"] if a.split == "test" else ctx.splits[a.split]
@@ -95,6 +115,8 @@ def cmd_eval(a) -> int:
 def cmd_report(a) -> int:
     from .artifacts import read_json
     from .report import seeds_table, table, write_report, write_seeds_report
+    for d in a.dir:
+        _run_dir(d, "results.json", " (the run has not finished; `sitf-ray resume " + d + "` finishes it)")
     if len(a.dir) > 1:   # several seeds of one config: mean +- sd
         print(seeds_table([read_json(Path(d) / "results.json") for d in a.dir]))
         print(f"\nwrote {write_seeds_report(a.dir, a.out or 'runs/seeds-report')}")
@@ -147,6 +169,13 @@ def cmd_validate_cluster(a) -> int:
 
 def cmd_eval_prm(a) -> int:
     from .bench import eval_prm
+    d = _run_dir(a.dir)
+    if not list(d.glob("iter_*/prm/config.json")):
+        from .config import UsageError
+        raise UsageError(f"{a.dir}: no trained PRM (iter_*/prm): eval-prm needs a run of a method with "
+                         f"process feedback (sipf, sipf-dpo) that finished at least one PRM")
+    print(f"[eval-prm] {a.dir}: label and PRM quality per iteration, then PRM best-of-N on the test split "
+          f"(starts Ray and a vLLM generator) ...", flush=True)
     return eval_prm(a.dir, a.out)
 
 
@@ -226,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .actors import ClusterError
     from .artifacts import ArtifactError
-    from .config import ConfigError
+    from .config import ConfigError, UsageError
     from .tasks.base import DataError
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may come anywhere after the command (argparse cannot mix them with options)
@@ -239,6 +268,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.fn(args) or 0
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -246,7 +278,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; `sitf-ray resume DIR` continues where this stopped", file=sys.stderr)
+        where = getattr(args, "out", None) if args.cmd in ("quickstart", "run", "compare") else \
+            getattr(args, "dir", None) if args.cmd == "resume" else None
+        print(f"interrupted; `sitf-ray resume {where}` continues where this stopped" if where else "interrupted",
+              file=sys.stderr)
         return 130
 
 

@@ -15,8 +15,12 @@ import yaml
 
 
 def _schema_problems(raw: dict) -> list[str]:
+    import logging
+
     import jsonschema
     from ray.autoscaler._private.util import prepare_config, validate_config
+    # prepare_config logs its defaults at INFO ("setting max workers for head node type to 0"): not ours
+    logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)
     try:
         cfg = prepare_config(copy.deepcopy(raw))
         validate_config(cfg)
@@ -26,6 +30,10 @@ def _schema_problems(raw: dict) -> list[str]:
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         return [str(e)]
     return []
+
+
+# The run-config keys that size each role (a problem names the keys the user can change)
+ROLE_KEYS = {"generator": "cluster.generator_*", "prm_scorer": "cluster.scorer_*", "train_worker": "cluster.train_*"}
 
 
 def role_needs(run_cfg) -> dict:
@@ -52,7 +60,7 @@ def capacity_problems(raw: dict, run_cfg) -> list[str]:
                 if all(float(t.get("resources", {}).get(r, 0)) >= v for r, v in bundle.items() if v)]
         if not fits:
             problems.append(f"{role}: no node type offers {bundle} per replica "
-                            f"(cluster.{role.split('_')[0]}_* in the run config)")
+                            f"({ROLE_KEYS[role]} in the run config)")
         for r in need:
             need[r] += count * bundle.get(r, 0)
     for r in need:
@@ -69,7 +77,8 @@ def validate_cluster(path: str, run_config: Optional[str] = None) -> list[str]:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        return [f"not valid YAML ({str(e).splitlines()[0]})"]
+        from .config import yaml_error
+        return [yaml_error(e)]
     if not isinstance(raw, dict):
         return ["top level must be a mapping"]
     problems = _schema_problems(raw)

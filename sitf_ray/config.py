@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     """Bad configuration; str() is the one-line message shown to the user (exit status 2)."""
 
 
+class UsageError(ConfigError):
+    """A command names something that is not there (a run directory, an iteration, a trained PRM); str() is
+    the one line shown as `error: ...` (exit status 2)."""
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -45,10 +50,19 @@ class ModelConfig(_Base):
     # or a local HF folder / hub id.
     source: str = "tiny"
     tiny: TinyModelConfig = TinyModelConfig()
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # 'auto': bfloat16 where the node's CPU or GPU runs it natively, float32 elsewhere, decided by each
+    # generator, scorer and training worker on its own node (precision.py); an explicit dtype always wins
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     lora: LoraConfig = LoraConfig()
     load_in_4bit: bool = False                # QLoRA (CUDA + bitsandbytes): 4-bit base under the LoRA
     cache_dir: str = ".cache/models"
+
+    def run_dtype(self) -> str:
+        """The dtype generators, scorers and training are asked for: `dtype`, except that 'auto' means
+        float32 for the from-scratch tiny model (the quickstart: its accuracy band and timings in
+        docs/RESULTS.md are float32 ones, and vLLM 0.32's CPU bf16 path kills the worker on this tiny
+        architecture, measured on an AMX Xeon); any other 'auto' is decided on each node (precision.resolve)."""
+        return "float32" if self.dtype == "auto" and self.source == "tiny" else self.dtype
 
 
 OpsRange = list[int]
@@ -140,7 +154,9 @@ class SamplingConfig(_Base):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(64, ge=1)
     dedupe: bool = True
-    require_valid_equations: bool = False     # drop math paths with a false equation (paper's filter)
+    # the paper's filter: drop a sampled path whose text fails the task's step checker (arith, gsm8k: a false
+    # equation; tasks/equations.py) before labelling, pairs and RFT data of every method; other tasks: no-op
+    require_valid_equations: bool = False
 
 
 class LabelingConfig(_Base):
@@ -157,6 +173,9 @@ class LabelingConfig(_Base):
     # with skip_correct_paths=false: an answer line is right only if the simulator, made to answer right after
     # the steps before it, answers right (a right answer given too early, after a skipped step, is luck)
     answer_probe: bool = True
+    # a simulator rollout (and the sampled path itself) reaches the answer only if its text also passes the
+    # task's step checker (arith, gsm8k: every equation true); tasks without a checker: no-op
+    check_rollouts: bool = False
 
 
 class PRMConfig(_Base):
@@ -255,6 +274,14 @@ class ClusterConfig(_Base):
         return self.lora_generation == "merged" or (self.lora_generation == "auto" and self.generator_gpus <= 0)
 
 
+class TrackingConfig(_Base):
+    """Experiment tracking (tracking.py): TensorBoard event files in DIR/tensorboard/ by default; 'mlflow' logs to
+    MLFLOW_TRACKING_URI, else a local store in DIR/mlruns; 'wandb' runs offline (DIR/wandb/) unless W&B is
+    configured (WANDB_API_KEY or WANDB_MODE). A backend that is missing or unreachable is a warning, never an error."""
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
+    experiment: str = "sitf-ray"              # MLflow experiment / W&B project
+
+
 class SIPFConfig(_Base):
     seed: int = 0
     method: Literal["sipf", "sft", "rft", "outcome", "sipf-dpo"] = "sipf"
@@ -272,6 +299,7 @@ class SIPFConfig(_Base):
     cluster: ClusterConfig = ClusterConfig()
     verifier: VerifierConfig = VerifierConfig()
     storage: Optional[str] = None             # artifact root other than --out (path or URI)
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _resolve(self):
@@ -349,16 +377,30 @@ def build(data: Optional[dict] = None, overrides: Optional[list[str]] = None) ->
         raise ConfigError(_format(err)) from None
 
 
+def yaml_error(e: Exception) -> str:
+    """One line for a YAML error: what and where (line and column, 1-based), e.g.
+    `not valid YAML at line 3, column 7: expected ',' or '}', but got ':'`."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    ctx = getattr(e, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {what}" + (f" ({ctx})" if ctx else "")
+
+
 def load(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> SIPFConfig:
     data: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
+        text = p.read_text()
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{p}: {yaml_error(e)}") from None
+        if data is None:   # an empty file is a mistake, not a request for every default
+            raise ConfigError(f"{p}: the config file is empty (it needs at least one section, e.g. `task: "
+                              f"{{name: arith}}`; `sitf-ray quickstart` runs the defaults)")
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of config sections")
     return build(data, overrides)

@@ -17,12 +17,13 @@ import hashlib
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from . import config as C
-from .artifacts import Ledger, read_json, read_jsonl, write_json, write_jsonl, atomic_write_text
+from .artifacts import Ledger, RunClock, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from .progress import summary
 from .tasks import get_task
 from .tasks.base import Task
@@ -93,7 +94,7 @@ def engine_spec(cfg: C.SIPFConfig, model_dir: str):
     meta = read_policy_meta(model_dir)
     base = meta.get("base", model_dir) if meta["kind"] == "adapter" else model_dir
     max_len = cfg.model.tiny.max_len if cfg.model.source == "tiny" else cfg.train.max_len + cfg.sampling.max_tokens
-    return EngineSpec(model=str(base), kind=cfg.cluster.engine, dtype=cfg.model.dtype, max_model_len=max_len,
+    return EngineSpec(model=str(base), kind=cfg.cluster.engine, dtype=cfg.model.run_dtype(), max_model_len=max_len,
                       kv_cache_bytes=cfg.cluster.kv_cache_bytes, max_num_seqs=cfg.cluster.max_num_seqs,
                       seed=cfg.seed, threads=cfg.cluster.generator_threads,
                       lora_rank=cfg.model.lora.r if cfg.model.lora.enabled and not cfg.cluster.merge_lora else 0,
@@ -163,6 +164,8 @@ def shutdown(ctx: Context):
     if ctx.scorers is not None:
         ctx.scorers.shutdown()
     ctx.pool = ctx.simulator = ctx.scorers = None
+    from . import tracking
+    tracking.close(ctx.root)
 
 
 # ------------------------------------------------------------------------------------------ M_0 (SFT)
@@ -196,7 +199,7 @@ def fit_policy(ctx: Context, name: str, init: Path, out: Path, objective: str, h
                  workers=cfg.cluster.train_workers,
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
                  threads=cfg.cluster.train_threads, lora=lora, init_adapter=init_adapter, validate=validate,
-                 extra={"load_in_4bit": cfg.model.load_in_4bit})
+                 extra={"load_in_4bit": cfg.model.load_in_4bit, "dtype": cfg.model.run_dtype()})
     return fit(job, {"train": ds})
 
 
@@ -228,8 +231,8 @@ def build_m0(ctx: Context) -> dict:
         val = {"task": cfg.task.name, "rows": ctx.splits["val"], "every": s.eval_every, "patience": s.patience,
                "min_delta": s.min_delta, "max_tokens": cfg.eval.max_tokens, "min_epochs": s.min_epochs}
         res = fit_policy(ctx, f"m0-sft-{cfg.seed}", init, it / "policy", "sft", hp, sft_rows(ctx), validate=val)
-        write_json(it / "sft.json", {"steps": res.steps, "epochs": res.epochs, "best": res.best,
-                                     "history": res.history, "seconds": res.seconds})
+        write_json(it / "sft.json", {"steps": res.steps, "epochs": res.epochs, "max_epochs": s.max_epochs,
+                                     "best": res.best, "history": res.history, "seconds": res.seconds})
         led.mark("sft", ["policy", "sft.json"], seconds=time.time() - t0, steps=res.steps)
         summary("sft M_0", time.time() - t0, epochs=res.epochs, steps=res.steps,
                 best_val=(res.best or {}).get("val_accuracy"))
@@ -265,6 +268,30 @@ def m0_samples(ctx: Context, it: Path) -> Optional[Path]:
     return None
 
 
+@contextmanager
+def keep_partial(pool, folder: Path):
+    """While a stage runs, its pool keeps every finished chunk in `folder` (ReplicaPool.partial_dir), so a
+    call interrupted part-way resumes from them; the stage removes the folder once it is recorded."""
+    rp = getattr(pool, "pool", pool)
+    if rp is None:
+        yield
+        return
+    rp.partial_dir = folder
+    try:
+        yield
+    finally:
+        rp.partial_dir = None
+
+
+def drop_partial(folder: Path):
+    """A recorded stage's kept chunks go, and the iteration's partial/ folder with the last of them."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:       # another stage's chunks are still there (or it is gone already)
+        pass
+
+
 def stage_sample(ctx: Context, it: Path, led: Ledger, method: str, k: int) -> list[dict]:
     if led.done("sample"):
         return read_jsonl(it / "samples.jsonl")
@@ -278,17 +305,18 @@ def stage_sample(ctx: Context, it: Path, led: Ledger, method: str, k: int) -> li
         led.mark("sample", ["samples.jsonl"], seconds=time.time() - t0, **(figs | {"shared_from": shared}))
         summary("sample", time.time() - t0, paths=len(samples), shared_from=shared)
         return samples
-    valid = None
-    if cfg.sampling.require_valid_equations and cfg.task.name == "arith":
-        from .tasks.arith import answer_equations_valid
-        valid = answer_equations_valid
+    # the paper's filter: drop a sample whose text fails the task's step checker (a false equation), before
+    # labelling, pairs and RFT data of every method (all read these samples); tasks without one: no filter
+    valid = ctx.task.step_check if cfg.sampling.require_valid_equations else None
     s = cfg.sampling
-    samples, st = sample_paths(ctx.pool, ctx.task, ctx.splits["train"], s.n, s.temperature, s.top_p, s.max_tokens,
-                               seed=stage_seed(cfg.seed, "m0" if k == 1 else method, k, "sample"), dedupe=s.dedupe,
-                               valid=valid)
+    with keep_partial(ctx.pool, it / "partial" / "sample"):
+        samples, st = sample_paths(ctx.pool, ctx.task, ctx.splits["train"], s.n, s.temperature, s.top_p,
+                                   s.max_tokens, seed=stage_seed(cfg.seed, "m0" if k == 1 else method, k, "sample"),
+                                   dedupe=s.dedupe, valid=valid)
     write_jsonl(it / "samples.jsonl", samples)
     dt = time.time() - t0
     led.mark("sample", ["samples.jsonl"], seconds=dt, **st)
+    drop_partial(it / "partial" / "sample")
     ctx.metrics.sampled(st, dt)
     summary("sample", dt, paths=st["kept"], generated=st["generated"], correct=st["correct"],
             **({"false_positives": st["false_positive_rate"]} if "false_positive_rate" in st else {}),
@@ -309,18 +337,22 @@ def stage_label(ctx: Context, it: Path, led: Ledger, samples: list[dict], method
         keep = set(sorted((hashlib.sha256(f"{key}|{s['id']}".encode()).hexdigest(), s["id"]) for s in samples)
                    [i][1] for i in range(lc.max_paths))
         samples = [s for s in samples if s["id"] in keep]
-    rows, stats = label_samples(samples, ctx.by_id, ctx.task, lc.mode, pool, k=lc.k, delta=lc.delta,
-                                temperature=lc.temperature, max_tokens=lc.max_tokens,
-                                seed=stage_seed(cfg.seed, method, k, "label"),
-                                skip_correct_paths=lc.skip_correct_paths, answer_probe=lc.answer_probe)
+    with keep_partial(pool, it / "partial" / "label"):
+        rows, stats = label_samples(samples, ctx.by_id, ctx.task, lc.mode, pool, k=lc.k, delta=lc.delta,
+                                    temperature=lc.temperature, max_tokens=lc.max_tokens,
+                                    seed=stage_seed(cfg.seed, method, k, "label"),
+                                    skip_correct_paths=lc.skip_correct_paths, answer_probe=lc.answer_probe,
+                                    check_rollouts=lc.check_rollouts)
     write_jsonl(it / "labels.jsonl", rows)
     write_jsonl(it / "labels_trl.jsonl", trl_stepwise(rows, {q: ctx.task.prompt(r) for q, r in ctx.by_id.items()}))
     quality = versus_oracle(rows)
     figs = asdict(stats) | {"vs_oracle": quality}
     led.mark("label", ["labels.jsonl"], **figs)
+    drop_partial(it / "partial" / "label")
     ctx.metrics.labeled(stats)
     summary("label", stats.seconds, mode=lc.mode, steps=stats.steps, rollouts=stats.rollouts,
-            positives=stats.positives, f1_vs_oracle=quality.get("f1", float("nan")))
+            positives=stats.positives, f1_vs_oracle=quality.get("f1", "n/a (the task has no step oracle)"),
+            **({"path_precision": quality["path_precision"]} if "path_precision" in quality else {}))
     return rows
 
 
@@ -378,7 +410,8 @@ def stage_prm(ctx: Context, it: Path, led: Ledger, labels: list[dict], policy: P
                                       "soft": cfg.labeling.soft},
                  seed=stage_seed(cfg.seed, name), workers=cfg.cluster.train_workers,
                  cpus_per_worker=cfg.cluster.train_cpus, gpus_per_worker=cfg.cluster.train_gpus,
-                 threads=cfg.cluster.train_threads, lora=lora, extra={"load_in_4bit": pc.load_in_4bit})
+                 threads=cfg.cluster.train_threads, lora=lora,
+                 extra={"load_in_4bit": pc.load_in_4bit, "dtype": cfg.model.run_dtype()})
     res = fit(job, {"train": ds})
     write_json(it / "prm_train.json", {"history": res.history, "steps": res.steps, "seconds": res.seconds,
                                        "train_paths": len(train_rows), "holdout_questions": sorted(held)})
@@ -395,11 +428,12 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     if led.done("score"):
         return read_jsonl(it / "scored.jsonl")
     from .actors import scorer_pool
-    from .prm import aggregate, auc
+    from .prm import aggregate
     cfg, t0 = ctx.cfg, time.time()
     if ctx.scorers is None:
         cl = cfg.cluster
-        ctx.scorers = scorer_pool(cl.scorer_replicas, cl.scorer_cpus, 0.0, cl.train_threads, cl.placement_strategy)
+        ctx.scorers = scorer_pool(cl.scorer_replicas, cl.scorer_cpus, 0.0, cl.train_threads, cl.placement_strategy,
+                                  dtype=cfg.model.run_dtype())
     ctx.scorers.broadcast("load", str(prm), cfg.prm.max_len)
     items = [{"prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "steps": s["steps"]} for s in samples]
     step_scores = ctx.scorers.map("score", items, 64, desc="PRM score", unit="path")
@@ -412,7 +446,7 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     # PRM quality: step AUC on held-out questions against MC labels and the oracle (when there is one).
     held = set(read_json(it / "prm_train.json")["holdout_questions"])
     lab = {r["id"]: r for r in labels}
-    q = {}
+    q, why = {}, {}
     for key in ("labels", "oracle"):
         ys, ps = [], []
         for s in scored:
@@ -421,11 +455,25 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
                 continue
             ys += r[key]
             ps += s["step_scores"]
-        q[f"holdout_auc_vs_{'mc' if key == 'labels' else key}"] = auc(ps, ys) if ys else float("nan")
+        name = f"holdout_auc_vs_{'mc' if key == 'labels' else key}"
+        q[name], reason = auc_figure(ps, ys)
+        if reason:
+            why[name] = reason
     dt = time.time() - t0
     led.mark("score", ["scored.jsonl"], seconds=dt, paths=len(scored), **q)
-    summary("score", dt, paths=len(scored), **q)
+    summary("score", dt, paths=len(scored), **(q | why))
     return scored
+
+
+def auc_figure(scores: list[float], labels: list[int]) -> tuple[float, Optional[str]]:
+    """Step AUC (prm.auc) and, when it is nan, what the console shows instead and why: 'n/a (no held-out
+    step)', 'n/a (no wrong held-out step)' or 'n/a (no right held-out step)' (results.json keeps nan)."""
+    from .prm import auc
+    value = auc(scores, labels) if labels else float("nan")
+    if value == value:
+        return value, None
+    return value, ("n/a (no held-out step)" if not labels else "n/a (no wrong held-out step)" if all(labels)
+                   else "n/a (no right held-out step)")
 
 
 def outcome_scores(samples: list[dict], ctx: Context) -> list[dict]:
@@ -539,6 +587,8 @@ def run_method(ctx: Context, method: str) -> list[dict]:
     cfg = ctx.cfg
     mdir = method_dirs(ctx, method)
     records = [iteration_record(ctx.root / "iter_00", 0)]
+    from . import tracking
+    tracking.update(ctx, method)    # M_0 and every finished iteration (a resumed run catches up)
     if method == "sft" and method == cfg.method:
         return records          # M_0 only
     prev = ctx.m0
@@ -568,9 +618,11 @@ def run_method(ctx: Context, method: str) -> list[dict]:
             elif method == "rft":
                 stage_rft_data(ctx, it, led, samples)
             stage_train(ctx, it, led, method, k, prev, mdir)
+        tracking.update(ctx, method)    # the fits' step curves and the stage figures, before the eval
         stage_eval(ctx, it, led, it / "policy", f"{method} iter {k}")
         atomic_write_text(it / "DONE", f"{time.time() - t_iter:.1f}\n")
         records.append(iteration_record(it, k))
+        tracking.update(ctx, method)
         if cfg.storage:
             mirror(ctx)
         prev = it / "policy"
@@ -590,8 +642,15 @@ def iteration_record(it: Path, k: int) -> dict:
         for key in keys:
             if key in figs:
                 rec[f"{stage}_{key}"] = figs[key]
+    if k == 0 and (it / "sft.json").exists():   # did M_0's SFT stop on validation or at its epoch cap?
+        sft = read_json(it / "sft.json")
+        if "max_epochs" in sft:
+            rec["sft_early_stopped"] = sft["epochs"] < sft["max_epochs"]
+            rec["sft_epochs"] = sft["epochs"]
     if "vs_oracle" in led.get("label"):
         rec["label_f1_vs_oracle"] = led.get("label")["vs_oracle"].get("f1")
+        if "path_precision" in led.get("label")["vs_oracle"]:
+            rec["label_path_precision_vs_oracle"] = led.get("label")["vs_oracle"]["path_precision"]
     for key in ("holdout_auc_vs_mc", "holdout_auc_vs_oracle"):
         if key in led.get("score"):
             rec[f"prm_{key}"] = led.get("score")[key]
@@ -619,8 +678,10 @@ def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
     from .actors import init_ray
     t0 = time.time()
     ctx = prepare(cfg, out, resume)   # config and data problems surface before any cluster work
-    init_ray(cfg.cluster.num_cpus or max(8, 2 * (os.cpu_count() or 1)))
+    # timings.json: this call's seconds are added to every earlier call's, flushed as it goes
+    clock = RunClock(ctx.root, ctx.sync_log, extra=lambda: {"stages": stage_timings(ctx)})
     try:
+        init_ray(cfg.cluster.num_cpus)
         warm_trainer(ctx)
         build_m0(ctx)
         main = run_method(ctx, cfg.method)
@@ -633,13 +694,15 @@ def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
         results = {"task": cfg.task.name, "model": cfg.model.source, "method": cfg.method, "seed": cfg.seed,
                    "iterations": main, "baselines": baselines}
         write_json(ctx.root / "results.json", results)
-        write_json(ctx.root / "timings.json", {"total_seconds": time.time() - t0, "weight_syncs": ctx.sync_log,
-                                               "stages": stage_timings(ctx)})
+        clock.flush()
         from .report import write_report
         write_report(ctx.root)
+        from . import tracking
+        tracking.finish(ctx)            # the report's plots as artifacts; runs marked finished
         if cfg.storage:
             mirror(ctx)
         results["seconds"] = time.time() - t0
         return results
     finally:
+        clock.stop()
         shutdown(ctx)

@@ -92,9 +92,11 @@ def aggregate(step_scores: list[float], how: str) -> float:
 
 
 class PRMModel:
-    """A loaded PRM (full folder, or a LoRA adapter over a base) that scores step lists in batches."""
+    """A loaded PRM (full folder, or a LoRA adapter over a base) that scores step lists in batches.
+    dtype: the torch dtype name it runs in (a resolved one, not 'auto': precision.resolve)."""
 
-    def __init__(self, folder: str, max_len: int = 512, threads: Optional[int] = None, device: str = "cpu"):
+    def __init__(self, folder: str, max_len: int = 512, threads: Optional[int] = None, device: str = "cpu",
+                 dtype: str = "float32"):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         from .policy_folder import read_policy_meta
@@ -104,11 +106,11 @@ class PRMModel:
         self.tok = AutoTokenizer.from_pretrained(folder)
         if meta["kind"] == "adapter":
             from peft import PeftModel
-            base = AutoModelForTokenClassification.from_pretrained(meta["base"], num_labels=2)
-            self.model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+            base = AutoModelForTokenClassification.from_pretrained(meta["base"], num_labels=2, dtype=torch.float32)
+            self.model = PeftModel.from_pretrained(base, folder).merge_and_unload()    # fp32 merge, then cast
         else:
-            self.model = AutoModelForTokenClassification.from_pretrained(folder, num_labels=2)
-        self.model.to(device).eval()
+            self.model = AutoModelForTokenClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32)
+        self.model.to(device=device, dtype=getattr(torch, dtype)).eval()
         self.device, self.max_len = device, max_len
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
 

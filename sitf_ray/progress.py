@@ -45,8 +45,9 @@ def progress(total: int, desc: str, unit: str = "item"):
         bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.2,
                    disable=not enabled(), dynamic_ncols=True, leave=False)
     else:
+        # maxinterval too: tqdm's monitor thread otherwise redraws a bar every 10 s (its default maxinterval)
         bar = LineBar(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=LOG_INTERVAL_S,
-                      disable=not enabled(), leave=False,
+                      maxinterval=LOG_INTERVAL_S, disable=not enabled(), leave=False,
                       bar_format="{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     try:
         yield bar

@@ -39,8 +39,11 @@ def table(results: dict) -> str:
             lines.append(f"{LABELS.get(m, m):<34} " + " ".join(accs) + f" {gain:+7.1f}")
     n = rows[0][1][0].get("n")
     se = binomial_se(rows[0][1][0]["accuracy"], n) if n else float("nan")
+    m0 = rows[0][1][0]
+    how = ("" if "sft_early_stopped" not in m0 else ", SFT early-stopped on validation" if m0["sft_early_stopped"]
+           else f", SFT capped at {m0['sft_epochs']} epochs (not early-stopped: may be short of convergence)")
     lines.append(f"(test accuracy %, {results['task']}, n={n}, one standard error {100 * se:.1f} points; "
-                 f"iter 0 = M_0, SFT to convergence)")
+                 f"iter 0 = M_0{how})")
     return "\n".join(lines)
 
 
@@ -70,7 +73,7 @@ def seeds_table(results: list[dict]) -> str:
                          f"{statistics.mean(gains):+8.1f} ± {sd(gains):3.1f} "
                          f"{', '.join(f'{x:.1f}' for x in finals):>28}")
         m0 = [100 * its[0][key] for its in by_method[results[0]["method"]]]
-        lines.append(f"{'M_0 (SFT to convergence)':<34} {statistics.mean(m0):8.1f} ± {sd(m0):3.1f} {'':>16}"
+        lines.append(f"{'M_0 (SFT)':<34} {statistics.mean(m0):8.1f} ± {sd(m0):3.1f} {'':>16}"
                      f"{', '.join(f'{x:.1f}' for x in m0):>28}")
         lines.append("")
     lines.append(f"({len(results)} seeds: "
@@ -109,7 +112,9 @@ def write_report(root: str | Path) -> Path:
     timings = root / "timings.json"
     if timings.exists():
         t = read_json(timings)
-        md += [f"Total wall time: {t['total_seconds'] / 60:.1f} min.", ""]
+        calls = len(t.get("calls") or [None])
+        md += [f"Total wall time: {t['total_seconds'] / 60:.1f} min"
+               + (f", over {calls} calls (run, then resume)." if calls > 1 else "."), ""]
     for p in made:
         md += [f"![{p.stem}](plots/{p.name})", ""]
     out = atomic_write_text(root / "report.md", "\n".join(md))

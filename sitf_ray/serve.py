@@ -21,6 +21,7 @@ code}}` and FastAPI's `detail`. Binds 127.0.0.1 unless told otherwise. The serve
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -28,14 +29,32 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from ray import serve
-from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api_models import (
+
+def _quiet_serve_logs() -> None:
+    """Keep Ray Serve's and Ray Serve LLM's INFO lines ("Started Serve in namespace", the deployment options)
+    and vLLM's import-time INFO lines ("Triton not installed ...") off the console; warnings stay. Ray Serve
+    LLM gives each of its loggers an INFO console handler unless "ray.llm" already has one: it gets one at
+    WARNING. Called at import (before ray.serve.llm is imported) and again after Serve starts."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("vllm").setLevel(level)
+    llm = logging.getLogger("ray.llm")
+    llm.setLevel(logging.WARNING)
+    if not llm.handlers:
+        llm.addHandler(logging.StreamHandler())
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+_quiet_serve_logs()   # before ray.serve.llm (vLLM's import-time lines); again once ray.serve has set itself up
+
+from fastapi import FastAPI, HTTPException, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from .api_models import (  # noqa: E402
     LIMITS,
     ChatRequest,
     CompletionRequest,
@@ -44,6 +63,8 @@ from .api_models import (
     render_task_chat,
     task_prompt,
 )
+
+_quiet_serve_logs()   # `import ray.serve` gives its logger an INFO console handler
 
 # A template-less model's chat turns are rendered by us (task format) into one user message; vLLM then
 # only has to pass that message through.
@@ -142,7 +163,9 @@ class SITFIngress(OpenAiIngress):
         self.has_template = bool(getattr(self.tok, "chat_template", None))
         self.max_model_len = max_model_len
         prm = latest(run, "prm")
-        self.prm = PRMModel(str(prm), max_len=self.cfg.prm.max_len, threads=threads) if prm else None
+        from .precision import resolve      # model.dtype 'auto': decided on this replica's node
+        self.prm = PRMModel(str(prm), max_len=self.cfg.prm.max_len, threads=threads,
+                            dtype=resolve(self.cfg.model.run_dtype(), "cpu").dtype) if prm else None
         self.policy = model_dir
         self.token = token
 
@@ -314,7 +337,13 @@ def llm_config(cfg, model_dir: Path, model_id: str, has_template: bool, replicas
     from .pipeline import engine_spec
     spec = engine_spec(cfg, str(model_dir))
     gpu = cfg.cluster.generator_gpus > 0
-    kw = dict(dtype=spec.dtype, max_model_len=spec.max_model_len, max_num_seqs=spec.max_num_seqs,
+    dtype = spec.dtype
+    if dtype == "auto" and not gpu:   # model.dtype auto on CPU: this machine's choice (precision.py); on GPUs
+        from .precision import announce, resolve    # vLLM's own 'auto' (the model's dtype, fp16 for fp32 ones)
+        d = resolve(dtype, "cpu")
+        announce(d, "serve")
+        dtype = d.dtype
+    kw = dict(dtype=dtype, max_model_len=spec.max_model_len, max_num_seqs=spec.max_num_seqs,
               enable_prefix_caching=True, enforce_eager=not gpu)
     kw.update(gpu_memory_utilization=0.35) if gpu else kw.update(kv_cache_memory_bytes=spec.kv_cache_bytes)
     if not has_template:
@@ -358,22 +387,117 @@ def build_app(run_dir: str, token: Optional[str] = None, replicas: int = 1, max_
 
 
 def start(run_dir: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
-          replicas: int = 1, max_replicas: Optional[int] = None, name: str = "sitf") -> str:
-    """Deploy on the connected Ray cluster and wait until it answers; returns the base URL."""
+          replicas: int = 1, max_replicas: Optional[int] = None, name: str = "sitf", threads: int = 1,
+          timeout: Optional[float] = None) -> str:
+    """Deploy on the connected Ray cluster and wait until it answers; returns the base URL.
+
+    Raises ClusterError when a deployment cannot be placed within scheduling.schedule_timeout() (or
+    `timeout` s), naming what it asked for and what the cluster has, and RuntimeError when a deployment
+    fails to start (its message)."""
+    import threading
+
+    from .scheduling import ClusterError, Watchdog, cluster_has, schedule_timeout
+    _quiet_serve_logs()
+    app = build_app(run_dir, token, replicas, max_replicas, threads)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(run_dir, token, replicas, max_replicas), name=name, route_prefix="/")
+    _quiet_serve_logs()
+    errors: list = []
+
+    def deploy():
+        try:
+            serve.run(app, name=name, route_prefix="/")
+        except BaseException as e:       # surfaced by the waiting thread
+            errors.append(e)
+
+    t = threading.Thread(target=deploy, name="sitf-serve-deploy", daemon=True)
+    t.start()
+    limit = schedule_timeout() if timeout is None else timeout
+    dog = Watchdog(f"serve {run_dir} (replicas={replicas}, threads={threads}: {threads} CPU for the engine + 1 "
+                   f"for its server, per replica)", timeout=limit)
+    t0, stuck_since = time.time(), None
+    while t.is_alive():
+        t.join(1.0)
+        if not t.is_alive():
+            break
+        try:
+            dog.check()       # the LLM server's placement group
+        except ClusterError:
+            _stop(name, t)
+            raise
+        # a replica outside any placement group (the ingress) that Serve cannot schedule: Serve says so
+        app_status = serve.status().applications.get(name)
+        waiting = [f"{d} asks for {_replica_needs(st.message)} per replica" for d, st in
+                   (app_status.deployments.items() if app_status else []) if "to be scheduled" in (st.message or "")]
+        if waiting:
+            stuck_since = stuck_since or time.time() - 30     # Serve first says so after 30 s
+            if time.time() - stuck_since > limit:
+                _stop(name, t)
+                raise ClusterError(f"serve {run_dir}: deployment {'; '.join(waiting)} not placed within "
+                                   f"{limit:.0f} s; {cluster_has()}")
+        if app_status is not None and app_status.status == "DEPLOY_FAILED":
+            _stop(name, t)
+            raise RuntimeError(f"serve {run_dir}: deployment failed: {app_status.message}")
+    if errors:
+        raise errors[0]
     return f"http://{host}:{port}"
 
 
+def _replica_needs(message: str) -> str:
+    """The resources in Serve's 'taken more than 30s to be scheduled' message."""
+    import re
+    m = re.search(r"Resources required for each replica: (\{[^}]*\})", message or "")
+    return m.group(1) if m else "resources"
+
+
+def _stop(name: str, deploying) -> None:
+    """Delete the application that cannot start (Serve itself stays: on a shared cluster it may hold other
+    applications) and let the thread still waiting in serve.run end before the command exits."""
+    try:
+        serve.delete(name, _blocking=False)
+    except Exception:     # already gone
+        pass
+    deploying.join(5.0)
+
+
+SERVE_OPTIONS = {"token": str, "replicas": int, "max_replicas": int, "threads": int}
+
+
+def serve_options(overrides: list[str]) -> dict:
+    """`sitf-ray serve DIR key=value ...` options (SERVE_OPTIONS); UsageError naming a bad one."""
+    from .config import UsageError
+    opts = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key not in SERVE_OPTIONS:
+            raise UsageError(f"serve: unknown option {key!r} (options: {', '.join(SERVE_OPTIONS)}; the run's "
+                             f"config is read from its config.yaml)")
+        try:
+            opts[key] = SERVE_OPTIONS[key](value)
+        except ValueError:
+            raise UsageError(f"serve: {key}={value!r} is not a {SERVE_OPTIONS[key].__name__}") from None
+        if SERVE_OPTIONS[key] is int and opts[key] < 1:
+            raise UsageError(f"serve: {key} must be >= 1 (got {opts[key]})")
+    return opts
+
+
 def serve_forever(run_dir: str, host: str, port: int, overrides: list[str]) -> int:
-    from .actors import init_ray
-    opts = dict(o.split("=", 1) for o in overrides if "=" in o)
+    from . import config as C
+    from .actors import init_ray, local_cpus
+    opts = serve_options(overrides)
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise C.UsageError(f"{run_dir}: not a run directory (no config.yaml)")
+    if latest(run.resolve(), "policy") is None:
+        raise C.UsageError(f"{run_dir}: no trained policy to serve yet (iter_*/policy)")
+    cfg = C.load(run / "config.yaml")
     token = opts.get("token") or os.environ.get("SITF_API_TOKEN")
-    init_ray()
-    url = start(run_dir, host, port, token, int(opts.get("replicas", 1)),
-                int(opts["max_replicas"]) if "max_replicas" in opts else None)
-    print(f"serving {run_dir} at {url} (OpenAI base URL {url}/v1; OpenAPI: {url}/openapi.json)"
-          f"{' with bearer token' if token else ''}", flush=True)
+    init_ray(local_cpus(cfg.cluster.num_cpus))
+    print(f"[serve] starting the policy's vLLM server and the API for {run_dir} ...", flush=True)
+    t0 = time.time()
+    url = start(run_dir, host, port, token, opts.get("replicas", 1), opts.get("max_replicas"),
+                threads=opts.get("threads", 1))
+    print(f"[serve] {time.time() - t0:.1f} s  serving {run_dir} at {url} (OpenAI base URL {url}/v1; OpenAPI: "
+          f"{url}/openapi.json){' with bearer token' if token else ''}", flush=True)
     try:
         while True:
             time.sleep(3600)

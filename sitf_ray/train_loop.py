@@ -193,6 +193,10 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
     prof("model loaded")
     ddp_model = _wrap_ddp(model, world)
     device = ray.train.torch.get_device()
+    # Mixed precision where this worker's hardware runs bf16 natively ('auto'), fp32 otherwise: fp32 weights and
+    # optimizer state either way, bf16 matmuls under autocast (precision.py). Decided here, on this node.
+    from .precision import autocast, resolve
+    precision = resolve(str(job.get("extra", {}).get("dtype", "float32")), device.type)
     if ref_model is not None:
         ref_model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -243,23 +247,28 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
         else:   # stream order (used to compare step by step with another trainer)
             batches = [list(range(i, min(i + per_worker_bs, len(rows)))) for i in range(0, len(rows), per_worker_bs)]
         step_losses, acc_loss, loss_ok = [], 0.0, True
+        step_log, step_sums, step_n = {}, {}, 0     # per optimizer step (tracking.py logs rank 0's)
         for bi, idx in enumerate(batches):
             batch_rows = [rows[i] for i in idx]
             b = prm_collate(batch_rows, pad_id) if objective == "prm" else collate(batch_rows, pad_id)
             b = {k: v.to(device) for k, v in b.items()}
-            if objective == "prm":
-                loss, m = prm_loss(ddp_model, b)
-            else:
-                loss, m = policy_loss(objective, ddp_model, b, hp, ref_model)
+            with autocast(precision.dtype, device.type):
+                if objective == "prm":
+                    loss, m = prm_loss(ddp_model, b)
+                else:
+                    loss, m = policy_loss(objective, ddp_model, b, hp, ref_model)
             (loss / accum).backward()
             acc_loss += loss.item() / accum
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
+                step_sums[k] = step_sums.get(k, 0.0) + v
+            step_n += 1
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             n_seen += 1
             loss_ok = loss_ok and math.isfinite(loss.item())
             if (bi + 1) % accum == 0 or bi == n_batches - 1:
                 norm = torch.nn.utils.clip_grad_norm_(params, float(hp.get("max_grad_norm", 1.0)))
+                lr_now = sched.get_last_lr()[0]      # the rate this step applies
                 if step_is_finite(loss_ok, norm, world):
                     opt.step()
                     bad_run = 0
@@ -276,6 +285,8 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
                     first_step_at = last_step_at
                     prof("first optimizer step")
                 step_losses.append(acc_loss)
+                record_step(step_log, acc_loss, lr_now, float(norm), step_sums, step_n)
+                step_sums, step_n = {}, 0
                 acc_loss = 0.0
                 if queue is not None and rank == 0 and (time.time() - last_put > 1.0 or step >= total_steps):
                     last_put = time.time()
@@ -290,10 +301,12 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
         metrics["skipped_steps"], skipped = skipped, 0
         if hp.get("log_steps"):
             metrics["step_losses"] = step_losses
+        metrics["step_log"] = step_log
         metrics.update(epoch=epoch + 1, step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_ep)
 
         if val and ((epoch + 1) % int(val["every"]) == 0 or epoch + 1 == epochs):
-            acc = _val_accuracy(model, tok, val_task, val_rows, int(val["max_tokens"]), device, world)
+            with autocast(precision.dtype, device.type):
+                acc = _val_accuracy(model, tok, val_task, val_rows, int(val["max_tokens"]), device, world)
             metrics["val_accuracy"] = acc
             if best is None or acc > best["val_accuracy"] + float(val["min_delta"]):
                 best = {"val_accuracy": acc, "epoch": epoch + 1, "step": step}
@@ -313,7 +326,8 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
                                 "epoch": epoch + 1, "step": step, "history": history, "best": best,
                                 "best_state": best_state, "bad_evals": bad_evals, "rng": torch.get_rng_state()},
                                Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None,
+                ray.train.report({k: v for k, v in metrics.items() if k != "step_log"},
+                                 checkpoint=Checkpoint.from_directory(d) if rank == 0 else None,
                                  checkpoint_dir_name=epoch_checkpoint_name(name, epoch + 1))
         if last:
             break
@@ -327,12 +341,21 @@ def run_job(job: dict, shard, rank: int, world: int, resume=None) -> None:
             assert_finite_weights(model, name, "the final model")
             save_final(model, tok, job, Path(d) / "model")
             info = {"steps": step, "epochs": len(history), "history": history, "best": best,
-                    "first_step_at": first_step_at, "last_step_at": last_step_at}
+                    "first_step_at": first_step_at, "last_step_at": last_step_at,
+                    "precision": precision.as_dict()}
             (Path(d) / "fit_result.json").write_text(json.dumps(info))
         ray.train.report({"epoch": len(history), "final": 1},
                          checkpoint=Checkpoint.from_directory(d) if rank == 0 else None,
                          checkpoint_dir_name=final_checkpoint_name(name))
     prof("final reported")
+
+
+def record_step(log: dict, loss: float, lr: float, grad_norm: float, sums: dict, n: int) -> None:
+    """Append one optimizer step to an epoch's step log (columns of equal length: loss, learning_rate,
+    grad_norm and the objective's own figures, averaged over the step's micro-batches on this worker)."""
+    row = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm} | {k: v / max(1, n) for k, v in sums.items()}
+    for k, v in row.items():
+        log.setdefault(k, []).append(float(v))
 
 
 def step_is_finite(loss_ok: bool, grad_norm, world: int) -> bool:

@@ -74,6 +74,7 @@ class FitResult:
     best: Optional[dict] = None
     first_step_at: Optional[float] = None   # wall clock (time.time()) of the first optimizer step (this run)
     last_step_at: Optional[float] = None
+    precision: Optional[dict] = None        # precision.Decision.as_dict() of the training workers (rank 0)
 
 
 # ------------------------------------------------------------------------------------------ job board
@@ -160,6 +161,7 @@ class TrainSession:
         self.board = JobBoard.remote()
         use_gpu = gpus > 0
         res = {"CPU": cpus} | ({"GPU": gpus} if use_gpu else {})
+        self.resources = res
         self.trainer = TorchTrainer(
             session_loop, train_loop_config={"board": self.board},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=res),
@@ -181,6 +183,14 @@ class TrainSession:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
+    def watchdog(self):
+        """scheduling.Watchdog over this session's worker group (its placement group's bundles are ours)."""
+        from .scheduling import Watchdog
+        want = {k: float(v) for k, v in self.resources.items()}
+        return Watchdog(f"Ray Train workers (cluster.train_workers={self.workers}, resources per worker "
+                        f"{want})", only=lambda g: g["bundles"] and all(
+                            {k: float(v) for k, v in b.items() if k in want} == want for b in g["bundles"]))
+
     def checkpoint_uri(self, name: str) -> str:
         return f"{self.storage.rstrip('/')}/{SESSION_NAME}/{name}"
 
@@ -191,17 +201,31 @@ class TrainSession:
             shards = split_dataset(dataset, self.workers)
             payload = asdict(job) | {"progress_queue": queue}
             seq = ray.get(self.board.post.remote(payload, shards))
+            dog = None if ray.get(self.board.ready_at.remote()) else self.watchdog()
             while True:
                 out = ray.get(self.board.outcome.remote(seq, 1.0))
                 if out is not None:
                     break
                 if not self.alive:
                     raise FitError(f"fit {job.name}: the training session ended: {self.error!r}") from self.error
+                if dog is not None:     # workers not up yet: fail in bounded time if they cannot be placed
+                    if ray.get(self.board.ready_at.remote()):
+                        dog = None
+                    else:
+                        dog.check()
             if "error" in out:
                 raise FitError(f"fit {job.name} failed on a training worker:\n{out['error']}")
         return _collect(job, final, t0)
 
     def close(self, timeout: float = 60.0):
+        if not ray.is_initialized():     # at exit, after ray.shutdown: nothing left to stop
+            return
+        try:
+            up = ray.get(self.board.ready_at.remote(), timeout=5)
+        except Exception:
+            up = None
+        if not up:
+            timeout = 1.0      # workers never came up (unplaceable): nothing to stop cleanly
         if self.alive:
             try:
                 self.board.post.remote({"stop": True}, [])
@@ -230,9 +254,11 @@ def _collect(job: FitJob, final_uri: str, t0: float) -> FitResult:
         shutil.rmtree(out)
     shutil.move(str(tmp / "model"), str(out))
     shutil.rmtree(tmp, ignore_errors=True)
+    from .precision import announce
+    announce(info.get("precision"), "train workers")     # rank 0's choice, made on its node; once per run
     return FitResult(out_dir=str(out), steps=info["steps"], epochs=info["epochs"], seconds=time.time() - t0,
                      history=info["history"], best=info.get("best"), first_step_at=info.get("first_step_at"),
-                     last_step_at=info.get("last_step_at"))
+                     last_step_at=info.get("last_step_at"), precision=info.get("precision"))
 
 
 def split_dataset(ds, workers: int) -> list:

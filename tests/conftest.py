@@ -54,9 +54,12 @@ def ray_head():
     import time
     import urllib.request
     ports = {"port": free_port(), "dashboard": free_port(), "metrics": free_port()}
-    # the venv's python first on PATH: `ray job submit -- python ...` runs the job with it
+    # as docs/CLUSTER.md starts a one-machine head: the venv's `ray` by its path (the venv is not on PATH, so a
+    # job must name its interpreter), start-up concurrency for the declared CPUs (no raylet warning in jobs)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_DEDUP_LOGS="1", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+               RAY_worker_maximum_startup_concurrency="8",
+               PATH=os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                                    if Path(d).resolve() != Path(sys.executable).parent.resolve()))
     ray_bin = str(Path(sys.executable).with_name("ray"))
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={ports['port']}",
@@ -130,7 +133,7 @@ def copy_m0(m0_run: Path, dest: Path) -> Path:
 
 
 MINI = ["iterations=2", "baselines=[outcome]", "sampling.n=4", "labeling.k=2", "prm.epochs=1",
-        "train.epochs=1", "pairs.eta=0.05", "cluster.train_workers=2"]
+        "train.epochs=1", "pairs.eta=0.05", "cluster.train_workers=2", "tracking.backends=[tensorboard,mlflow]"]
 
 
 def perturbed_copy(m0: Path, dest: Path, scale: float = 0.05) -> Path:

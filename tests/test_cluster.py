@@ -56,7 +56,9 @@ def test_validate_cluster_cli_exit_codes(tmp_path):
 
 
 def test_ray_job_submit_runs_a_tiny_training(ray_head, m0_run, tmp_path):
-    """`ray job submit --working-dir . -- python jobs/train.py CFG --out DIR` on a real head: SUCCEEDED."""
+    """As docs/CLUSTER.md types it, on a real head started with the venv's `ray` (venv not on PATH):
+    `ray job submit --working-dir . -- $PWD/.venv/bin/python jobs/train.py CFG --out DIR`: SUCCEEDED, and
+    the job log holds no raw HF bar and no raylet start-up warning."""
     out = copy_m0(m0_run, tmp_path / "job-run")
     bucket = f"file://{tmp_path}/bucket/job-run"      # stands in for s3://...: same pyarrow code path
     cfg = C.build(overrides=TEST_OVERRIDES + ["iterations=1", "sampling.n=4", "labeling.k=2", "prm.epochs=1",
@@ -65,16 +67,16 @@ def test_ray_job_submit_runs_a_tiny_training(ray_head, m0_run, tmp_path):
     cfg_path.write_text(C.dump(cfg))
     (out / "config.yaml").write_text(C.dump(cfg))
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {"RAY_AUTH_MODE": "disabled", "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-           "HOME": str(Path.home())}
+    env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
     t = time.time()
     p = subprocess.run([ray_bin, "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
                         "--runtime-env-json", json.dumps({"excludes": [".venv", ".cache", "runs", ".git"]}),
-                        "--", "python", "jobs/train.py", str(cfg_path), "--out", str(out)],
+                        "--", sys.executable, "jobs/train.py", str(cfg_path), "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=900)
     print(f"\nray job submit: rc {p.returncode} in {time.time() - t:.0f} s")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert re.search(r"Job '[^']+' succeeded", p.stdout), p.stdout[-2000:]
+    assert "Writing model shards" not in p.stdout and "worker processes have been started" not in p.stdout, p.stdout
     res = read_json(out / "results.json")
     assert [r["k"] for r in res["iterations"]] == [0, 1]
     for f in ("samples.jsonl", "labels.jsonl", "scored.jsonl", "eval.json", "DONE"):
@@ -86,6 +88,19 @@ def test_ray_job_submit_runs_a_tiny_training(ray_head, m0_run, tmp_path):
     mirrored = tmp_path / "bucket" / "job-run"
     assert read_json(mirrored / "results.json") == res                 # the run is in the bucket ...
     assert any((mirrored / "ray_train").iterdir())                      # ... with Ray Train's checkpoints
+
+
+def test_a_job_run_by_an_interpreter_without_the_project_says_which_to_name(tmp_path):
+    """`ray job submit -- python jobs/train.py` where `python` is not the project's environment: one line
+    naming the interpreter that ran and the one to name, exit 2 (it was a ModuleNotFoundError traceback)."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    p = subprocess.run([str(bare / "bin" / "python"), "jobs/train.py", "configs/quickstart.yaml"], cwd=ROOT,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())}, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "lacks sitf-ray's dependencies (ray" in p.stderr, p.stderr
+    assert "$PWD/.venv/bin/python jobs/train.py" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_metrics_endpoint_has_every_dashboard_metric(ray_head, mini_run):

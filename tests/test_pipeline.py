@@ -100,6 +100,11 @@ def test_driver_killed_mid_iteration_resumes_to_the_same_results(full_run, m0_ru
             if f == "eval.json":
                 a.pop("seconds"), b.pop("seconds")
             assert a == b, f"iter_{k:02d}/{f} differs after resume"
+    # the experiment-tracking curves too: every point once, equal to the uninterrupted run's (tracking.py)
+    from test_tracking import deterministic, scalars
+    for run in ("sipf-seed0", "outcome-seed0"):
+        resumed, uninterrupted = scalars(d / "tensorboard" / run), scalars(ref_dir / "tensorboard" / run)
+        assert deterministic(resumed) == deterministic(uninterrupted), run
 
 
 def test_resume_recomputes_a_corrupted_artifact(full_run, tmp_path, ray_session):
@@ -126,6 +131,29 @@ def test_a_different_config_never_overwrites_a_run(full_run):
     d, _ = full_run
     with pytest.raises(C.ConfigError, match="different config"):
         prepare(C.build(overrides=TEST_OVERRIDES + MINI + ["seed=7"]), d)
+
+
+def test_a_nan_figure_says_why_on_the_console():
+    """Issue 21.6: a PRM AUC with one class missing among the held-out steps showed as `nan`, no word why."""
+    from sitf_ray.pipeline import auc_figure
+    from sitf_ray.progress import summary
+    assert auc_figure([0.9, 0.2], [1, 0]) == (1.0, None)
+    for labels, why in (([], "no held-out step"), ([1, 1], "no wrong held-out step"), ([0, 0], "no right held-out step")):
+        value, reason = auc_figure([0.5] * len(labels), labels)
+        assert value != value and reason == f"n/a ({why})"
+        assert f"holdout_auc_vs_mc=n/a ({why})" in summary("score", 1.0, holdout_auc_vs_mc=reason)
+
+
+def test_the_table_says_whether_m0_sft_converged():
+    """Issue 21.6: the footnote said "SFT to convergence" for an M_0 whose SFT hit its epoch cap."""
+    from sitf_ray.report import table
+
+    def res(m0):
+        return {"task": "arith", "method": "sipf", "seed": 0, "baselines": {},
+                "iterations": [{"k": 0, "accuracy": 0.2, "n": 400, **m0}, {"k": 1, "accuracy": 0.3, "n": 400}]}
+    assert "SFT capped at 24 epochs (not early-stopped" in table(res({"sft_early_stopped": False, "sft_epochs": 24}))
+    assert "SFT early-stopped on validation" in table(res({"sft_early_stopped": True, "sft_epochs": 9}))
+    assert "convergence" not in table(res({}))
 
 
 def test_seeds_table_is_mean_and_sd_over_runs():

@@ -144,8 +144,9 @@ def test_unreachable_ray_address_is_one_clear_line(tmp_path):
 def test_impossible_resources_fail_with_the_reason(ray_session, monkeypatch, m0):
     from sitf_ray.actors import GeneratorPool
     from sitf_ray.engines import EngineSpec
-    monkeypatch.setenv("SITF_PG_TIMEOUT", "5")
-    with pytest.raises(RuntimeError, match=r"cannot place 2 replicas of \{'CPU': 1, 'GPU': 4\}"):
+    monkeypatch.setenv("SITF_SCHEDULE_TIMEOUT", "5")     # a joined cluster may grow: it waits this long
+    with pytest.raises(RuntimeError, match=r"generator pool \(2 replicas, strategy PACK\): asked for "
+                                           r"2 x \{CPU 1, GPU 4\}, placed not within 5 s; the cluster has CPU 8"):
         GeneratorPool(EngineSpec(model=str(m0)), replicas=2, cpus=1, gpus=4)
 
 

@@ -43,7 +43,7 @@ class EngineSpec:
     """Everything a replica needs to build its engine; plain data so it travels to Ray actors."""
     model: str                       # HF folder
     kind: str = "vllm"               # 'vllm' | 'hf'
-    dtype: str = "float32"
+    dtype: str = "float32"           # or 'auto': decided where the engine is built (precision.resolve)
     max_model_len: int = 256
     kv_cache_bytes: int = 64 << 20
     max_num_seqs: int = 256

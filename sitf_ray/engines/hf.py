@@ -4,6 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ..precision import resolve as resolve_dtype
 from .base import Completion, EngineSpec, GenParams, WireState, files_digest, resolve_device, state_digest
 
 
@@ -19,7 +20,8 @@ class HFEngine:
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=getattr(torch, spec.dtype))
+        self.precision = resolve_dtype(spec.dtype, self.device)      # 'auto' follows this node's hardware
+        self.model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=getattr(torch, self.precision.dtype))
         self.model.to(self.device).eval()
         self.base_state = None      # kept only once an adapter is loaded
         self.version, self.digest = 0, ""

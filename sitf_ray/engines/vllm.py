@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..precision import resolve as resolve_dtype
 from .base import Completion, EngineSpec, GenParams, WireState, files_digest, resolve_device, state_digest
 
 
@@ -28,7 +29,8 @@ class VLLMEngine:
         from vllm import LLM
         if self.device == "cpu":
             torch.set_num_threads(spec.threads)
-        kw = dict(model=spec.model, dtype=spec.dtype, max_model_len=spec.max_model_len, seed=spec.seed,
+        self.precision = resolve_dtype(spec.dtype, self.device)      # 'auto' follows this node's hardware
+        kw = dict(model=spec.model, dtype=self.precision.dtype, max_model_len=spec.max_model_len, seed=spec.seed,
                   enforce_eager=self.device == "cpu", enable_prefix_caching=True,
                   max_num_seqs=spec.max_num_seqs)
         if self.device == "cpu":
