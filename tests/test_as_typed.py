@@ -187,6 +187,28 @@ def test_eval_as_typed_says_what_it_starts_and_prints_only_ours(mini_run):
     assert not foreign, foreign
 
 
+def test_eval_prm_says_what_it_starts_before_it_starts_it(mini_run):
+    """`sitf-ray eval-prm DIR` was silent while Ray and vLLM started (issue 21.6): its first line comes before
+    any of that (the rest of the command, best-of-N on the test split, is not waited for here)."""
+    d, _ = mini_run
+    p = subprocess.Popen([SITF_RAY, "eval-prm", str(d)], env=user_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        first = p.stdout.readline()
+        second = p.stdout.readline()
+        print(f"\n{first}{second}(after {time.time() - t0:.1f} s)")
+        assert first.startswith(f"[eval-prm] {d}: ") and "starts Ray and a vLLM generator" in first
+        assert second.startswith("[ray] starting a local Ray")
+    finally:               # Ctrl-C, as a user stops it (its local Ray goes with it)
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def test_progress_lines_in_logs_come_every_30_s_not_every_10(capfd, monkeypatch):
     """Not a terminal: one plain progress line at most every LOG_INTERVAL_S. tqdm's monitor thread redrew a
     bar every 10 s (its maxinterval) once it had printed, whatever mininterval said. Shortened here to 12 s
