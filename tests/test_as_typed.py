@@ -28,6 +28,17 @@ def sitf(*args, cwd=None, timeout=300, env=None):
     return r
 
 
+def ctrl_c(p: subprocess.Popen) -> None:
+    """Stop a command started in its own session as a user does, with Ctrl-C (its local Ray goes with it);
+    SIGKILL if it is still there after 60 s."""
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
 @pytest.fixture(scope="module")
 def bare_run(tmp_path_factory) -> Path:
     """A run directory with a config and an M_0 policy folder only (no PRM, no results.json)."""
@@ -126,11 +137,7 @@ def served(mini_run, tmp_path_factory):
         time.sleep(0.5)
     print(f"\nserve answered /healthz after {time.time() - t0:.0f} s")
     yield url, log, time.time() - t0
-    os.killpg(p.pid, signal.SIGINT)
-    try:
-        p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+    ctrl_c(p)
     f.close()
 
 
@@ -200,13 +207,8 @@ def test_eval_prm_says_what_it_starts_before_it_starts_it(mini_run):
         print(f"\n{first}{second}(after {time.time() - t0:.1f} s)")
         assert first.startswith(f"[eval-prm] {d}: ") and "starts Ray and a vLLM generator" in first
         assert second.startswith("[ray] starting a local Ray")
-    finally:               # Ctrl-C, as a user stops it (its local Ray goes with it)
-        os.killpg(p.pid, signal.SIGINT)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    finally:
+        ctrl_c(p)
 
 
 def test_progress_lines_in_logs_come_every_30_s_not_every_10(capfd, monkeypatch):

@@ -81,11 +81,17 @@ def test_prm_scorer_killed_mid_scoring_loses_nothing(mini_run, ray_session):
     pool = scorer_pool(replicas=2, cpus=1)
     try:
         pool.broadcast("load", str(d / "iter_01" / "prm"), 256)
+        t0 = time.time()
         want = pool.map("score", items, 8)
+        once = time.time() - t0
         out = {}
         th = threading.Thread(target=lambda: out.update(r=pool.map("score", items, 8)))
         th.start()
-        time.sleep(0.5)
+        # kill a replica while the second request is under way: a fixed sleep lost the race on a fast CPU (the
+        # whole request took under 0.5 s), so wait only for the request to start, then a tenth of its duration
+        while pool.stats.requests < 2:
+            time.sleep(0.005)
+        time.sleep(once / 10)
         ray.kill(pool.actors[1], no_restart=True)
         th.join(timeout=300)
         assert out["r"] == want and pool.stats.restarts == 1 and pool.stats.reissued_chunks >= 1
