@@ -86,7 +86,9 @@ def test_weight_update_reaches_every_replica(pool, m0, prompts, tmp_path):
 def test_killed_replica_mid_request_loses_nothing(pool, prompts):
     params = GenParams(n=8, temperature=1.0, max_tokens=48)
     many = prompts * 4
+    t0 = time.time()
     expected = texts(pool.generate(many, params, seed=5))
+    once = time.time() - t0
     result, errors = {}, []
 
     def go():
@@ -96,9 +98,12 @@ def test_killed_replica_mid_request_loses_nothing(pool, prompts):
             errors.append(e)
 
     restarts, reissued = pool.stats.restarts, pool.stats.reissued_chunks
+    requests = pool.stats.requests
     th = threading.Thread(target=go)
     th.start()
-    time.sleep(1.0)
+    while pool.stats.requests == requests:      # the request is under way (a fixed sleep can lose the race)
+        time.sleep(0.005)
+    time.sleep(once / 10)
     ray.kill(pool.actors[0], no_restart=True)
     th.join(timeout=300)
     assert not errors, errors
