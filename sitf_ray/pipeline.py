@@ -14,7 +14,6 @@ same files as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from contextlib import contextmanager
