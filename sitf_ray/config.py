@@ -73,14 +73,14 @@ class ArithConfig(_Base):
     (M_0's SFT data) come from easier problems than the answer-only pool and the test set, so that
     self-improvement has headroom (easy-to-hard; docs/RESULTS.md has the measurements behind the values)."""
     data_seed: Optional[int] = None          # None: the run's seed (each seed draws its own splits)
-    sft_ops: OpsRange = [2, 3]                # [min, max] operations of the gold (SFT) problems
+    sft_ops: OpsRange = [2, 4]                # [min, max] operations of the gold (SFT) problems
     train_ops: OpsRange = [2, 5]              # the answer-only pool the policy improves on
     eval_ops: OpsRange = [2, 5]               # validation and test problems
     max_value: int = Field(60, ge=10)
     n_sft: int = Field(1000, ge=1)
-    n_train: int = Field(600, ge=1)
+    n_train: int = Field(3000, ge=1)
     n_val: int = Field(200, ge=1)
-    n_test: int = Field(400, ge=1)
+    n_test: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _ops(self):
@@ -167,7 +167,7 @@ class LabelingConfig(_Base):
     simulator: str = "policy"                 # 'policy' (M_k itself) or a model folder
     temperature: float = Field(1.0, ge=0)
     max_tokens: int = Field(64, ge=1)
-    max_paths: Optional[int] = Field(None, ge=1)   # label (and train the PRM on) at most this many sampled
+    max_paths: Optional[int] = Field(3000, ge=1)   # label (and train the PRM on) at most this many sampled
     #                                         paths, a seeded subset; the PRM then scores every path
     skip_correct_paths: bool = True           # a right final answer proves every prefix (Math-Shepherd)
     # with skip_correct_paths=false: an answer line is right only if the simulator, made to answer right after
@@ -175,16 +175,19 @@ class LabelingConfig(_Base):
     answer_probe: bool = True
     # a simulator rollout (and the sampled path itself) reaches the answer only if its text also passes the
     # task's step checker (arith, gsm8k: every equation true); tasks without a checker: no-op
-    check_rollouts: bool = False
+    check_rollouts: bool = True
 
 
 class PRMConfig(_Base):
     base: str = "policy"                      # 'policy' (start from M_k) or a model folder / 'smollm2'
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(4, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     holdout: float = Field(0.08, ge=0, lt=1)
     aggregate: Literal["mean", "min", "last", "product"] = "mean"
+    # the calculator's verdict where it has one: a step that fails the task's step checker (arith, gsm8k: a
+    # false equation) scores 0 whatever the PRM says; tasks without a checker: no-op (pipeline.stage_score)
+    check_steps: bool = True
     lora: LoraConfig = LoraConfig()
     load_in_4bit: bool = False                # 4-bit base + LoRA, as the paper's 7B PRM (CUDA only)
     max_len: int = Field(256, ge=16)
@@ -194,10 +197,12 @@ class PairsConfig(_Base):
     eta: float = Field(0.05, ge=0)            # minimum reward gap chosen - rejected (paper: 0.3 with a 7B PRM)
     # first_error (Step-DPO / Self-Explore): chosen and rejected share the prefix up to the rejected path's
     # first step the PRM scores below step_threshold; the pair's prompt holds that prefix
-    strategy: Literal["all", "max_gap", "top_m", "first_error"] = "top_m"
+    # best_vs_rest: the question's best eligible path against each path eta below it (pairs.py)
+    strategy: Literal["all", "max_gap", "top_m", "best_vs_rest", "first_error"] = "best_vs_rest"
     step_threshold: float = Field(0.5, gt=0, lt=1)
     max_per_question: int = Field(4, ge=1)
     require_correct_chosen: bool = True       # never imitate (NLL) a path with a wrong final answer
+    min_chosen_reward: float = Field(0.0, ge=0, le=1)   # and never one the PRM scores below this
     accumulate: bool = True                   # D_{k+1} = D_k U new (paper); False = new pairs only
     num_shards: int = Field(2, ge=1)
 
@@ -206,8 +211,14 @@ class TrainConfig(_Base):
     """ORPO (and DPO / SFT baselines) on preference pairs."""
     loss: Literal["orpo", "dpo", "sft"] = "orpo"
     beta: float = Field(0.1, gt=0)
-    lr: float = Field(2e-4, gt=0)
-    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(3, ge=1)
+    # the same update budget for every method: this many optimizer steps per iteration over D_k (as many
+    # epochs as that takes), whatever the number of pairs; None = `epochs` passes over D_k
+    max_steps: Optional[int] = Field(None, ge=1)
+    # baselines (outcome, rft, sipf-dpo) take exactly the optimizer steps the main method took in the same
+    # iteration: equal update budget whatever their number of pairs (the sft baseline always does)
+    match_steps: bool = True
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     warmup_steps: int = Field(10, ge=0)
@@ -227,7 +238,8 @@ class TrainConfig(_Base):
 
 
 class EvalConfig(_Base):
-    split: str = "test"
+    # the split every iteration (M_0 included) is scored on; tune on 'val', report 'test'
+    split: Literal["test", "val"] = "test"
     max_tokens: int = Field(64, ge=1)
     n: Optional[int] = Field(None, ge=1)      # limit rows (None = all of the split)
 

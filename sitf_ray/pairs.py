@@ -33,7 +33,7 @@ def first_error(step_scores, threshold: float, correct: bool) -> int:
 
 
 def first_error_pairs(g: pd.DataFrame, eta: float, max_per_question: int, require_correct_chosen: bool,
-                      threshold: float) -> list[tuple]:
+                      threshold: float, min_chosen_reward: float = 0.0) -> list[tuple]:
     """Step-level pairs (Step-DPO, Lai et al. 2024; Self-Explore, Hwang et al. 2024): for a rejected path
     whose first error (by PRM step score) is step e, the chosen path is the best-rewarded sample of the
     same question that shares its steps before e exactly, takes another step e, and scores that step as
@@ -52,6 +52,8 @@ def first_error_pairs(g: pd.DataFrame, eta: float, max_per_question: int, requir
                 continue
             if require_correct_chosen and not bool(g.correct[i]):
                 continue
+            if g.reward[i] < min_chosen_reward:
+                continue
             if len(steps[i]) <= e or steps[i][:e] != steps[j][:e] or steps[i][e] == steps[j][e]:
                 continue
             if 0 <= firsts[i] <= e:         # the chosen path must be right up to and including step e
@@ -66,18 +68,23 @@ def first_error_pairs(g: pd.DataFrame, eta: float, max_per_question: int, requir
 
 def pairs_for_question(group: pd.DataFrame, eta: float, strategy: str, max_per_question: int,
                        require_correct_chosen: bool, seed: int, iteration: int,
-                       step_threshold: float = 0.5) -> pd.DataFrame:
+                       step_threshold: float = 0.5, min_chosen_reward: float = 0.0) -> pd.DataFrame:
     """All (better, worse) paths of one question with reward gap >= eta, then thinned by strategy.
 
     all:     every such pair.   max_gap: the single widest pair.
     top_m:   the widest pairs first, each path chosen at most once and rejected at most once, up to M.
+    best_vs_rest: the question's best-rewarded eligible path against each path at least eta below it, the
+             widest gaps first, up to M (RFT-style: on a policy whose samples of one question collapse to a
+             single sound path, that path is the only good chosen there is; top_m would give it one pair).
+    min_chosen_reward: a chosen path needs at least this reward (the PRM calls it right), whatever the gap.
     first_error: step-level pairs that share the prefix before the rejected path's first error
              (first_error_pairs); the prefix moves into the prompt, chosen / rejected are the continuations.
     """
     g = group.sort_values(["reward", "id"], ascending=[False, True]).reset_index(drop=True)
     if strategy == "first_error":
         rows = []
-        for gap, i, j, e in first_error_pairs(g, eta, max_per_question, require_correct_chosen, step_threshold):
+        for gap, i, j, e in first_error_pairs(g, eta, max_per_question, require_correct_chosen, step_threshold,
+                                                 min_chosen_reward):
             ci, ri = g.iloc[i], g.iloc[j]
             prefix = "".join(st + "\n" for st in list(ri.steps)[:e])
             rows.append(_pair_row(seed, iteration, ci, ri, gap, ci.prompt + prefix,
@@ -91,10 +98,15 @@ def pairs_for_question(group: pd.DataFrame, eta: float, strategy: str, max_per_q
                 continue
             if require_correct_chosen and not bool(g.correct[i]):
                 continue
+            if g.reward[i] < min_chosen_reward:
+                continue
             cands.append((gap, i, j))
     cands.sort(key=lambda c: (-c[0], c[1], c[2]))
     if strategy == "max_gap":
         cands = cands[:1]
+    elif strategy == "best_vs_rest":
+        best = min((i for _, i, _ in cands), default=None)    # g is sorted by reward: lowest index = best
+        cands = [c for c in cands if c[1] == best][:max_per_question]
     elif strategy == "top_m":
         used_c, used_r, keep = set(), set(), []
         for gap, i, j in cands:
@@ -121,7 +133,7 @@ def _pair_row(seed: int, iteration: int, ci, ri, gap: float, prompt: str, chosen
 
 def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy: str, max_per_question: int,
                 require_correct_chosen: bool, seed: int, iteration: int, num_shards: int,
-                step_threshold: float = 0.5) -> dict:
+                step_threshold: float = 0.5, min_chosen_reward: float = 0.0) -> dict:
     """Run the Ray Data pipeline; write parquet shards into out_dir; return counts.
 
     scored: rows with id, qid, prompt, path, reward, correct (first_error also needs steps, step_scores)."""
@@ -140,7 +152,8 @@ def build_pairs(scored: list[dict], out_dir: str | Path, *, eta: float, strategy
                .map_groups(pairs_for_question, batch_format="pandas",
                            fn_kwargs=dict(eta=eta, strategy=strategy, max_per_question=max_per_question,
                                           require_correct_chosen=require_correct_chosen, seed=seed,
-                                          iteration=iteration, step_threshold=step_threshold))
+                                          iteration=iteration, step_threshold=step_threshold,
+                                          min_chosen_reward=min_chosen_reward))
                .sort("pair_key"))
     pairs = pairs.materialize()
     n = pairs.count()

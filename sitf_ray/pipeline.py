@@ -65,8 +65,8 @@ def load_splits(cfg: C.SIPFConfig, task: Task) -> dict:
     splits = {}
     for split in ("sft", "train", "val", "test"):
         splits[split] = task.load(split, cfg.task)
-    if cfg.eval.n:
-        splits["test"] = splits["test"][:cfg.eval.n]
+    if cfg.eval.n:      # the split every iteration is scored on
+        splits[cfg.eval.split] = splits[cfg.eval.split][:cfg.eval.n]
     return splits
 
 
@@ -245,7 +245,7 @@ def stage_eval(ctx: Context, it: Path, led: Ledger, policy: Path, label: str) ->
         return read_json(it / "eval.json")
     from .evaluate import evaluate
     load_policy(ctx, policy)
-    res = evaluate(ctx.pool, ctx.task, ctx.splits["test"], ctx.cfg.eval.max_tokens,
+    res = evaluate(ctx.pool, ctx.task, ctx.splits[ctx.cfg.eval.split], ctx.cfg.eval.max_tokens,
                    seed=stage_seed(ctx.cfg.seed, "eval"))
     preds = res.pop("predictions")
     res["split"] = ctx.cfg.eval.split
@@ -436,6 +436,8 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     ctx.scorers.broadcast("load", str(prm), cfg.prm.max_len)
     items = [{"prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "steps": s["steps"]} for s in samples]
     step_scores = ctx.scorers.map("score", items, 64, desc="PRM score", unit="path")
+    if cfg.prm.check_steps:
+        step_scores = [checked_scores(ctx.task, s["steps"], sc) for s, sc in zip(samples, step_scores)]
     scored = []
     for s, sc in zip(samples, step_scores):
         scored.append({"id": s["id"], "qid": s["qid"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]),
@@ -462,6 +464,15 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     led.mark("score", ["scored.jsonl"], seconds=dt, paths=len(scored), **q)
     summary("score", dt, paths=len(scored), **(q | why))
     return scored
+
+
+def checked_scores(task, steps: list[str], scores: list[float]) -> list[float]:
+    """PRM step scores with the calculator's verdict on top (prm.check_steps): a step whose own text fails
+    the task's step checker (tasks/equations.py) scores 0.0, the others keep the PRM's probability. The PRM
+    of a 0.95M policy ranks paths by question more than by arithmetic (docs/RESULTS.md section 7); the
+    official SIPF code drops GSM8K samples with a false calculator annotation for the same reason."""
+    from .tasks.base import passes_step_check
+    return [p if passes_step_check(task, st) else 0.0 for st, p in zip(steps, scores)]
 
 
 def auc_figure(scores: list[float], labels: list[int]) -> tuple[float, Optional[str]]:
@@ -492,7 +503,8 @@ def stage_pairs(ctx: Context, it: Path, led: Ledger, scored: list[dict], method:
     st = build_pairs(scored, it / "pairs", eta=eta, strategy=strategy, max_per_question=pc.max_per_question,
                      require_correct_chosen=pc.require_correct_chosen and method != "outcome",
                      seed=stage_seed(cfg.seed, method, k, "pairs"), iteration=k, num_shards=pc.num_shards,
-                     step_threshold=pc.step_threshold)
+                     step_threshold=pc.step_threshold,
+                     min_chosen_reward=pc.min_chosen_reward if method != "outcome" else 0.0)
     dt = time.time() - t0
     led.mark("pairs", ["pairs"], seconds=dt, **st)
     ctx.metrics.pairs(st["pairs"])
@@ -534,6 +546,12 @@ def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: 
         ds = read_shards(files, ["prompt", "completion"]) if files else None
     else:
         ds = training_dataset(dirs)
+    max_steps = tc.max_steps
+    main_train = ctx.root / f"iter_{k:02d}" / "train.json"
+    if tc.match_steps and method != cfg.method and main_train.exists():
+        max_steps = read_json(main_train)["steps"]     # the main method's update budget this iteration
+        if max_steps == 0:
+            ds = None                                   # it did not train: neither does its control
     if ds is None:
         # No pairs at all: the policy stays as it was (recorded, not hidden).
         shutil.copytree(prev, it / "policy", dirs_exist_ok=True)
@@ -545,7 +563,7 @@ def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: 
     init_model, init_adapter = (Path(meta["base"]), str(init)) if meta["kind"] == "adapter" else (init, None)
     hp = {"lr": tc.lr, "epochs": tc.epochs, "batch_size": tc.batch_size, "grad_accum": tc.grad_accum,
           "warmup_steps": tc.warmup_steps, "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm,
-          "beta": tc.beta, "nll_on_prompt": tc.nll_on_prompt, "min_lr_ratio": 0.1}
+          "beta": tc.beta, "nll_on_prompt": tc.nll_on_prompt, "min_lr_ratio": 0.1, "max_steps": max_steps}
     res = fit_policy(ctx, f"policy-{method}-{k}-{cfg.seed}", init_model, it / "policy", objective, hp, ds,
                      init_adapter=init_adapter)
     last = res.history[-1] if res.history else {}
@@ -632,6 +650,8 @@ def iteration_record(it: Path, k: int) -> dict:
     ev = read_json(it / "eval.json")
     led = Ledger(it)
     rec = {"k": k, "accuracy": ev["accuracy"], "n": ev["n"]}
+    if ev.get("split", "test") != "test":      # tuning runs score on val (eval.split); the report says so
+        rec["split"] = ev["split"]
     if "strict_accuracy" in ev:
         rec["strict_accuracy"] = ev["strict_accuracy"]
     for stage, keys in (("sample", ("kept", "correct", "strict", "false_positive_rate")),

@@ -28,7 +28,8 @@ def table(results: dict) -> str:
     k_max = max(len(it) for _, it in rows) - 1
     head = f"{'method':<34} " + " ".join(f"{'iter ' + str(k):>8}" for k in range(k_max + 1)) + f" {'gain':>7}"
     lines = [head, "-" * len(head)]
-    keys = [("accuracy", "test accuracy %")] + ([("strict_accuracy", "strict accuracy % (answer and every "
+    split = rows[0][1][-1].get("split", "test")
+    keys = [("accuracy", f"{split} accuracy %")] + ([("strict_accuracy", "strict accuracy % (answer and every "
                                                   "step right)")] if _has_strict(rows) else [])
     for key, title in keys:
         if key != "accuracy":
@@ -42,7 +43,7 @@ def table(results: dict) -> str:
     m0 = rows[0][1][0]
     how = ("" if "sft_early_stopped" not in m0 else ", SFT early-stopped on validation" if m0["sft_early_stopped"]
            else f", SFT capped at {m0['sft_epochs']} epochs (not early-stopped: may be short of convergence)")
-    lines.append(f"(test accuracy %, {results['task']}, n={n}, one standard error {100 * se:.1f} points; "
+    lines.append(f"({split} accuracy %, {results['task']}, n={n}, one standard error {100 * se:.1f} points; "
                  f"iter 0 = M_0{how})")
     return "\n".join(lines)
 

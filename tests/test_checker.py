@@ -227,8 +227,26 @@ def test_check_rollouts_is_a_no_op_for_tasks_without_a_checker_and_for_oracle_la
                         check=True) == [True]
 
 
-def test_options_default_to_todays_behaviour():
+def test_the_default_checks_are_process_feedback_only():
+    """Defaults (issue 20, docs/RESULTS.md section 8): the checker shapes SIPF's labels and PRM scores; the
+    sampling filter, which would change what every arm sees, stays off unless asked for."""
     cfg = C.build()
-    assert cfg.sampling.require_valid_equations is False and cfg.labeling.check_rollouts is False
-    cfg = C.build(overrides=["sampling.require_valid_equations=true", "labeling.check_rollouts=true"])
-    assert cfg.sampling.require_valid_equations and cfg.labeling.check_rollouts
+    assert cfg.sampling.require_valid_equations is False
+    assert cfg.labeling.check_rollouts and cfg.prm.check_steps
+    cfg = C.build(overrides=["sampling.require_valid_equations=true", "labeling.check_rollouts=false",
+                             "prm.check_steps=false"])
+    assert cfg.sampling.require_valid_equations and not cfg.labeling.check_rollouts and not cfg.prm.check_steps
+
+
+def test_checked_scores_never_score_a_false_equation_above_zero():
+    from sitf_ray.pipeline import checked_scores
+    steps = ["12 + 7 = 19", "19 - 5 = 15", "15 * 2 = 30", "The answer is 30"]
+    assert checked_scores(ARITH, steps, [0.9, 0.95, 0.8, 0.7]) == [0.9, 0.0, 0.8, 0.7]
+    gsm = ["She has 48/2 = 24 clips.", "Then 24 + 48 = 70 clips.", "#### 70"]
+    assert checked_scores(GSM8K, gsm, [0.6, 0.99, 0.5]) == [0.6, 0.0, 0.5]
+    assert checked_scores(get_task("mmlu_math"), ["12 + 7 = 20"], [0.9]) == [0.9]    # no checker: no-op
+    rng = random.Random(0)
+    for _ in range(300):                        # any false a op b = c, however the PRM scores it
+        a, b, op = rng.randint(0, 60), rng.randint(1, 60), rng.choice("+-*")
+        c = eval(f"{a} {op} {b}") + rng.choice([-3, -1, 1, 2, 10])
+        assert checked_scores(ARITH, [f"{a} {op} {b} = {c}"], [rng.random()]) == [0.0]

@@ -1,4 +1,5 @@
-"""Preference pairs: the first-error strategy (step-level pairs that share the exact prefix)."""
+"""Preference pairs on hand-made rows: the first-error strategy (step-level pairs that share the exact prefix),
+best_vs_rest and the chosen path's reward floor."""
 from __future__ import annotations
 
 import pandas as pd
@@ -53,6 +54,39 @@ def test_first_error_needs_a_chosen_path_with_the_same_prefix():
     out = pairs_for_question(pd.DataFrame(lonely), eta=0.1, strategy="first_error", max_per_question=8,
                              require_correct_chosen=True, seed=0, iteration=1)
     assert out.empty
+
+
+def test_best_vs_rest_pairs_the_best_right_path_against_each_path_eta_below():
+    out = pairs_for_question(pd.DataFrame(SAMPLES), eta=0.3, strategy="best_vs_rest", max_per_question=8,
+                             require_correct_chosen=True, seed=0, iteration=1)
+    assert set(out.chosen_id) == {"q-0"}                                  # one chosen: the best right path
+    # q-1 (reward 0.525) is 0.375 below q-0 (0.9); q-4, the lucky one, is 0.45 below; q-2, q-3 further
+    assert list(out.rejected_id) == ["q-3", "q-2", "q-4", "q-1"]          # widest gaps first
+    capped = pairs_for_question(pd.DataFrame(SAMPLES), eta=0.3, strategy="best_vs_rest", max_per_question=2,
+                                require_correct_chosen=True, seed=0, iteration=1)
+    assert list(capped.rejected_id) == ["q-3", "q-2"]
+    top_m = pairs_for_question(pd.DataFrame(SAMPLES), eta=0.3, strategy="top_m", max_per_question=8,
+                               require_correct_chosen=True, seed=0, iteration=1)
+    assert list(top_m.chosen_id) == ["q-0"]      # top_m uses the sound path once (q-4 has no free rejected)
+
+
+def test_best_vs_rest_without_a_right_path_gives_nothing():
+    wrong = [s for s in SAMPLES if not s["correct"]]
+    out = pairs_for_question(pd.DataFrame(wrong), eta=0.1, strategy="best_vs_rest", max_per_question=8,
+                             require_correct_chosen=True, seed=0, iteration=1)
+    assert out.empty
+
+
+def test_min_chosen_reward_keeps_a_path_the_prm_doubts_out_of_chosen():
+    doubted = [dict(s, reward=0.48) if s["id"] == "q-0" else s for s in SAMPLES]   # right answer, PRM unsure
+    for strategy in ("top_m", "best_vs_rest", "all", "first_error"):
+        free = pairs_for_question(pd.DataFrame(doubted), eta=0.05, strategy=strategy, max_per_question=8,
+                                  require_correct_chosen=True, seed=0, iteration=1)
+        floored = pairs_for_question(pd.DataFrame(doubted), eta=0.05, strategy=strategy, max_per_question=8,
+                                     require_correct_chosen=True, seed=0, iteration=1, min_chosen_reward=0.5)
+        assert "q-0" in set(free.chosen_id) or strategy == "first_error"
+        assert "q-0" not in set(floored.chosen_id) and "q-4" not in set(floored.chosen_id)   # q-4: 0.45
+        assert floored.empty
 
 
 def test_first_error_pairs_through_ray_data(tmp_path, ray_session):

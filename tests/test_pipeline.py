@@ -156,6 +156,26 @@ def test_the_table_says_whether_m0_sft_converged():
     assert "convergence" not in table(res({}))
 
 
+def test_the_table_names_the_split_it_scores():
+    """eval.split=val (tuning runs) was ignored: every iteration was scored on test and labelled 'val'."""
+    from sitf_ray.report import table
+    its = [{"k": 0, "accuracy": 0.2, "n": 200, "split": "val"}, {"k": 1, "accuracy": 0.3, "n": 200, "split": "val"}]
+    out = table({"task": "arith", "method": "sipf", "seed": 0, "baselines": {}, "iterations": its})
+    assert "val accuracy %" in out and "test accuracy" not in out
+    its = [{k: v for k, v in r.items() if k != "split"} for r in its]
+    assert "(test accuracy %" in table({"task": "arith", "method": "sipf", "seed": 0, "baselines": {}, "iterations": its})
+
+
+def test_eval_split_scores_the_split_it_names():
+    from sitf_ray.pipeline import load_splits
+    from sitf_ray.tasks import get_task
+    cfg = C.build(overrides=["eval.split=val", "eval.n=50"])
+    splits = load_splits(cfg, get_task("arith"))
+    assert len(splits["val"]) == 50 and len(splits["test"]) == cfg.task.arith.n_test
+    with pytest.raises(C.ConfigError, match="eval.split"):
+        C.build(overrides=["eval.split=train"])
+
+
 def test_seeds_table_is_mean_and_sd_over_runs():
     from sitf_ray.report import seeds_table
 
