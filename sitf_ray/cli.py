@@ -223,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
                                      "accuracy and strict accuracy, mean +- sd")
     r.add_argument("--out", default="runs/sweep")
     r.add_argument("--seeds", default="0,1,2")
-    r.add_argument("--arms", default="sipf,sipf-policy,sipf-oracle,outcome,rft,sft")
+    r.add_argument("--arms", default="sipf,sipf-nocheck,sipf-oracle,outcome,outcome-filter,rft,sft")
     r.add_argument("overrides", nargs="*")
     r.set_defaults(fn=cmd_sweep)
 

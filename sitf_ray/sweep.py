@@ -19,12 +19,17 @@ from .artifacts import atomic_write_text, read_json, write_json
 
 # name -> (what it is, overrides). Every arm runs the same number of iterations from the same M_0.
 ARMS: dict[str, tuple[str, list[str]]] = {
-    "sipf": ("SIPF: verifier simulator + verifier-based PRM (the quickstart recipe)", ["method=sipf"]),
-    "sipf-policy": ("SIPF, the policy as its own simulator and PRM base (purely 'self')",
-                    ["method=sipf", "labeling.simulator=policy", "prm.base=policy"]),
+    "sipf": ("SIPF: the policy as its own simulator, rollouts checked by the calculator, PRM scores with the "
+             "calculator's verdict on top (the quickstart recipe)", ["method=sipf"]),
+    "sipf-nocheck": ("SIPF without the calculator in its process feedback (the quickstart before issue 20)",
+                     ["method=sipf", "labeling.check_rollouts=false", "prm.check_steps=false"]),
+    "sipf-verifier": ("SIPF with the arith verifier as simulator and PRM base (a stronger model, as the paper's 7B)",
+                      ["method=sipf", "labeling.simulator=verifier", "prm.base=verifier"]),
     "sipf-oracle": ("SIPF with exact oracle step labels (the ceiling for labels)",
                     ["method=sipf", "labeling.mode=oracle"]),
     "outcome": ("outcome feedback: ORPO on right-vs-wrong answer pairs (the paper's w/o PF)", ["method=outcome"]),
+    "outcome-filter": ("outcome feedback on the samples the paper's filter keeps (no false equation)",
+                       ["method=outcome", "sampling.require_valid_equations=true"]),
     "rft": ("RFT: SFT on the policy's own answer-correct samples (outcome-filtered)", ["method=rft"]),
     "sft": ("SFT: M_0 given as many extra steps on its gold data as the sipf arm took",
             ["method=sipf", "baselines=[sft]"]),

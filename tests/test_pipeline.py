@@ -12,8 +12,12 @@ import pytest
 
 from sitf_ray import config as C
 from sitf_ray.artifacts import read_json, read_jsonl
+from sitf_ray.tasks import get_task
+from sitf_ray.tasks.base import passes_step_check
 
 from conftest import MINI, ROOT, TEST_OVERRIDES, copy_m0, mini_config
+
+ARITH = get_task("arith")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +57,12 @@ def test_every_artifact_of_the_loop(full_run):
         assert set(stages) == {"sample", "label", "prm", "score", "pairs", "train", "eval"}
         ob = d / "baselines" / "outcome" / f"iter_{k:02d}"
         assert (ob / "DONE").exists() and (ob / "policy").exists() and not (ob / "labels.jsonl").exists()
+        # equal update budget (train.match_steps): the baseline took the main method's optimizer steps
+        assert read_json(ob / "train.json")["steps"] == read_json(it / "train.json")["steps"] > 0
+        # the calculator on top of the PRM (prm.check_steps): a step with a false equation scores 0
+        false_steps = [(st, p) for r in scored for st, p in zip(r["steps"], r["step_scores"])
+                       if not passes_step_check(ARITH, st)]
+        assert false_steps and all(p == 0.0 for _, p in false_steps)
     results = read_json(d / "results.json")
     assert [r["k"] for r in results["iterations"]] == [0, 1, 2]
     for rec in results["iterations"] + results["baselines"]["outcome"]["iterations"]:   # arith has a step oracle
