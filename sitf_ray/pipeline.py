@@ -469,7 +469,7 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
 def checked_scores(task, steps: list[str], scores: list[float]) -> list[float]:
     """PRM step scores with the calculator's verdict on top (prm.check_steps): a step whose own text fails
     the task's step checker (tasks/equations.py) scores 0.0, the others keep the PRM's probability. The PRM
-    of a 0.95M policy ranks paths by question more than by arithmetic (docs/RESULTS.md section 7); the
+    of a 0.95M policy ranks paths by question more than by arithmetic (docs/RESULTS.md section 8.1); the
     official SIPF code drops GSM8K samples with a false calculator annotation for the same reason."""
     from .tasks.base import passes_step_check
     return [p if passes_step_check(task, st) else 0.0 for st, p in zip(steps, scores)]
