@@ -533,6 +533,13 @@ def method_dirs(ctx: Context, method: str) -> Path:
     return ctx.root if method == ctx.cfg.method else ctx.root / "baselines" / method
 
 
+def main_steps(ctx: Context, k: int) -> Optional[int]:
+    """Optimizer steps the run's main method took in iteration k (None before it trained): the update budget
+    its baselines are matched to (the sft control always, the others with train.match_steps)."""
+    f = ctx.root / f"iter_{k:02d}" / "train.json"
+    return read_json(f)["steps"] if f.exists() else None
+
+
 def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: Path, mdir: Path) -> dict:
     if led.done("train"):
         return led.get("train")
@@ -547,9 +554,8 @@ def stage_train(ctx: Context, it: Path, led: Ledger, method: str, k: int, prev: 
     else:
         ds = training_dataset(dirs)
     max_steps = tc.max_steps
-    main_train = ctx.root / f"iter_{k:02d}" / "train.json"
-    if tc.match_steps and method != cfg.method and main_train.exists():
-        max_steps = read_json(main_train)["steps"]     # the main method's update budget this iteration
+    if tc.match_steps and method != cfg.method and (main := main_steps(ctx, k)) is not None:
+        max_steps = main                                # the main method's update budget this iteration
         if max_steps == 0:
             ds = None                                   # it did not train: neither does its control
     if ds is None:
@@ -619,8 +625,7 @@ def run_method(ctx: Context, method: str) -> list[dict]:
         print(f"--- {method}: iteration {k}/{cfg.iterations} ---", flush=True)
         t_iter = time.time()
         if method == "sft":
-            main_train = ctx.root / f"iter_{k:02d}" / "train.json"
-            steps = read_json(main_train)["steps"] if main_train.exists() else 0
+            steps = main_steps(ctx, k) or 0
             stage_sft_more(ctx, it, led, k, prev, steps)
         else:
             load_policy(ctx, prev)
