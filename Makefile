@@ -19,7 +19,7 @@ test-slow: setup
 # The SIPF job on Ray's autoscaler (fake multi-node provider, node types from cluster.yaml): scale-up from
 # zero workers, a lost node, scale-down; writes benchmarks/results/autoscale.json (docs/CLUSTER.md).
 autoscale-demo: setup
-	$(VENV)/bin/python -m sitf_ray.autoscale --out benchmarks/results/autoscale.json
+	$(VENV)/bin/python -m sitf_ray.cluster.autoscale --out benchmarks/results/autoscale.json
 
 lock: setup
 	head -2 constraints-cpu.txt > constraints-cpu.txt.new

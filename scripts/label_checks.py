@@ -48,10 +48,13 @@ def main() -> int:
     a = ap.parse_args()
 
     from sitf_ray import config as C
-    from sitf_ray.actors import init_ray
-    from sitf_ray.labeling import label_samples, versus_oracle
-    from sitf_ray.pipeline import build_m0, make_pool, prepare, shutdown, stage_seed
-    from sitf_ray.sampling import sample_paths
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.feedback.labeling import label_samples, versus_oracle
+    from sitf_ray.train.stages import build_m0
+    from sitf_ray.rollout.stages import make_pool
+    from sitf_ray.runs.context import prepare, stage_seed
+    from sitf_ray.pipeline import shutdown
+    from sitf_ray.rollout.sampling import sample_paths
 
     cfg = C.load(None, ["method=sipf", "baselines=[outcome,sft]"] + a.overrides)
     out = Path(a.out)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import read_json, write_json
+from sitf_ray.runs.artifacts import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -35,7 +35,7 @@ def machine() -> dict:
     avx2, ...), native bf16 or not (precision.cpu_record)."""
     import torch
 
-    from .precision import cpu_record
+    from sitf_ray.cluster.precision import cpu_record
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpu": cpu_record(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -58,10 +58,10 @@ def tiny_model(cache: Path = ROOT / ".cache" / "bench") -> Path:
         return out
     import torch
 
-    from . import config as C
-    from .models import build_tiny, save_model
-    from .orpo import collate, encode_example, sft_loss
-    from .tasks import get_task
+    from sitf_ray import config as C
+    from sitf_ray.train.model_sources import build_tiny, save_model
+    from sitf_ray.train.policy_objectives import collate, encode_example, sft_loss
+    from sitf_ray.tasks import get_task
     from transformers import AutoModelForCausalLM, AutoTokenizer
     cfg = C.build()
     init = build_tiny(cfg, cache / "tiny-init", seed=0)
@@ -82,7 +82,7 @@ def tiny_model(cache: Path = ROOT / ".cache" / "bench") -> Path:
 
 def smollm_model() -> Optional[Path]:
     try:
-        from .models import smollm2_folder
+        from sitf_ray.train.model_sources import smollm2_folder
         return smollm2_folder(ROOT / ".cache" / "models")
     except Exception as e:   # the smollm extra is optional
         print(f"[bench] SmolLM2 unavailable: {e}")
@@ -92,8 +92,8 @@ def smollm_model() -> Optional[Path]:
 def workload(model: Path, kind: str, n_prompts: int) -> list[str]:
     """Prompts of the model's task: arith for the tiny model, GSM8K for SmolLM2. Rollouts use long
     shared prefixes (question + the first steps of its gold solution), as the MC labeler does."""
-    from . import config as C
-    from .tasks import get_task
+    from sitf_ray import config as C
+    from sitf_ray.tasks import get_task
     if "tiny" in model.name:
         task, cfg = get_task("arith"), C.build().task
         rows = task.load("test", cfg)
@@ -129,12 +129,13 @@ def _measure_engine(spec: dict) -> dict:
     [asked, used], 'repeats': [asked, done], 'reason'}); 'pass_seconds' lists every pass."""
     from dataclasses import replace
 
-    from .engines.base import EngineSpec, GenParams, make_engine
+    from sitf_ray.rollout.engines import make_engine
+    from sitf_ray.rollout.engines.base import EngineSpec, GenParams
     es = EngineSpec(**spec["engine"])
     t0 = time.time()
     eng = make_engine(es)
     if spec.get("adapter"):      # a LoRA policy: hot-loaded as an adapter, or merged into full weights
-        from .weights import policy_payload
+        from sitf_ray.rollout.weights import policy_payload
         kind, payload = policy_payload(spec["adapter"], merge_adapter=spec.get("merge", False))
         (eng.load_adapter if kind == "adapter" else eng.load_state)(payload, 1)
     build_s = time.time() - t0
@@ -198,7 +199,7 @@ def bench_engines(opts: dict) -> dict:
     opts: threads, repeats (3), budget_s (30: timed seconds per measurement, see _measure_engine; 0 = no
     bound), dtypes (comma list, default 'float32,bfloat16'), smollm ('1'), cases ('lora': that one only).
     Returns the JSON record; the CPU's model and flags are in 'machine' (run_bench) and 'cpu'."""
-    from .precision import cpu_record, resolve
+    from sitf_ray.cluster.precision import cpu_record, resolve
     t_start = time.time()
     threads = int(opts.get("threads", os.cpu_count() or 1))
     budget = float(opts.get("budget_s", 30)) or None
@@ -247,7 +248,7 @@ def lora_adapter(model: Path, dtype: str, target_modules: list[str], name: str, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .policy_folder import POLICY_META
+    from sitf_ray.rollout.policy_folder import POLICY_META
     ad = ROOT / ".cache" / "bench" / name
     torch.manual_seed(0)
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)),
@@ -283,8 +284,9 @@ def lora_decode(model: Path, dtype: str, threads: int, repeats: int, budget: Opt
 
 def bench_actors(opts: dict) -> dict:
     """Same sampling workload: one in-process engine vs pools of 1 and R replicas (1 thread each)."""
-    from .actors import GeneratorPool, init_ray
-    from .engines.base import EngineSpec, GenParams
+    from sitf_ray.rollout.generators import GeneratorPool
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.rollout.engines.base import EngineSpec, GenParams
     model = tiny_model()
     prompts = workload(model, "raw", 256)
     params = {"n": 4, "temperature": 1.0, "max_tokens": 64}
@@ -324,9 +326,10 @@ def bench_weightsync(opts: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .actors import GeneratorPool, init_ray
-    from .engines.base import EngineSpec, GenParams
-    from .weights import push_policy, record_wire_digest
+    from sitf_ray.rollout.generators import GeneratorPool
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.rollout.engines.base import EngineSpec, GenParams
+    from sitf_ray.rollout.weights import push_policy, record_wire_digest
     init_ray(8)
     out = {"benchmark": "weightsync", "cases": []}
     models = [(tiny_model(), "float32", 256)]
@@ -342,7 +345,7 @@ def bench_weightsync(opts: dict) -> dict:
                 p.mul_(1.001)
         base.save_pretrained(full)
         tok.save_pretrained(full)
-        record_wire_digest(full)      # as a fit's final save does (train_loop.save_final)
+        record_wire_digest(full)      # as a fit's final save does (train/worker.save_final)
         ad = lora_adapter(model, dtype, ["q_proj", "v_proj"], f"weightsync/{model.name}-adapter", random_b=False)
         replicas = int(opts.get("replicas", 2))
         pool = GeneratorPool(EngineSpec(model=str(model), kind="vllm", dtype=dtype, max_model_len=max_len,
@@ -376,12 +379,16 @@ def bench_weightsync(opts: dict) -> dict:
 
 def bench_labeling(opts: dict) -> dict:
     """Per-step MC vs binary search on one set of sampled arith paths, both against the exact oracle."""
-    from . import config as C
-    from .actors import GeneratorPool, init_ray
-    from .labeling import agreement, label_samples, versus_oracle
-    from .pipeline import build_m0, engine_spec, prepare, shutdown
-    from .sampling import sample_paths
-    from .tasks import get_task
+    from sitf_ray import config as C
+    from sitf_ray.rollout.generators import GeneratorPool
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.feedback.labeling import agreement, label_samples, versus_oracle
+    from sitf_ray.train.stages import build_m0
+    from sitf_ray.rollout.stages import engine_spec
+    from sitf_ray.runs.context import prepare
+    from sitf_ray.pipeline import shutdown
+    from sitf_ray.rollout.sampling import sample_paths
+    from sitf_ray.tasks import get_task
     init_ray(8)
     overrides = [o for o in opts.get("_overrides", []) if not o.startswith(("k=", "questions=", "run="))]
     run_dir = Path(opts.get("run", ROOT / ".cache" / "bench" / "labeling-m0"))
@@ -404,7 +411,7 @@ def bench_labeling(opts: dict) -> dict:
         samples, st = sample_paths(pool, task, rows, cfg.sampling.n, 1.0, 1.0, cfg.sampling.max_tokens, seed=0)
         res["samples"] = st
         if lc.simulator == "verifier":    # the run's own simulator (the policy generators above otherwise)
-            from .verifier import ensure_verifier
+            from sitf_ray.feedback.verifier import ensure_verifier
             sim = GeneratorPool(engine_spec(cfg, str(ensure_verifier(cfg, str(run_dir / "ray_train")))),
                                 cfg.cluster.generator_replicas, 1, 0, "PACK", 256)
         for k in [int(x) for x in str(opts.get("k", "4,8")).split(",")]:
@@ -439,10 +446,10 @@ def bench_orpo(opts: dict) -> dict:
 
     import ray.data
 
-    from .actors import init_ray
-    from .tasks import get_task
-    from .trainer import FitJob, fit
-    from . import config as C
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.tasks import get_task
+    from sitf_ray.train.session import FitJob, fit
+    from sitf_ray import config as C
     init_ray(8)
     model = tiny_model()
     task, cfg = get_task("arith"), C.build()
@@ -500,8 +507,8 @@ def _plain_torch_fit(model_dir: Path, rows: list[dict], hp: dict, threads: int) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
-    from .orpo import collate, sft_loss
-    from .train_loop import encode, length_grouped_batches
+    from sitf_ray.train.policy_objectives import collate, sft_loss
+    from sitf_ray.train.worker import encode, length_grouped_batches
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -541,10 +548,10 @@ def bench_fit(opts: dict) -> dict:
 
     import ray.data
 
-    from . import config as C
-    from .actors import init_ray
-    from .tasks import get_task
-    from .trainer import FitJob, close_session, fit, session
+    from sitf_ray import config as C
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.tasks import get_task
+    from sitf_ray.train.session import FitJob, close_session, fit, session
     n_fits, workers = int(opts.get("fits", 3)), int(opts.get("workers", 2))
     threads, epochs = int(opts.get("threads", 1)), int(opts.get("epochs", 3))
     init_ray(8)
@@ -619,12 +626,14 @@ def best_of_n(run_dir: Path, n: int = 8, questions: int = 200) -> dict:
     by majority vote over final answers, or at random (expected accuracy); pass@N is the ceiling."""
     from collections import Counter
 
-    from . import config as C
-    from .actors import GeneratorPool, init_ray
-    from .pipeline import engine_spec
-    from .prm import PRMModel, aggregate
-    from .sampling import sample_paths
-    from .tasks import get_task
+    from sitf_ray import config as C
+    from sitf_ray.rollout.generators import GeneratorPool
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.rollout.stages import engine_spec
+    from sitf_ray.feedback.prm import PRMModel
+    from sitf_ray.feedback.quality import aggregate
+    from sitf_ray.rollout.sampling import sample_paths
+    from sitf_ray.tasks import get_task
     cfg = C.load(run_dir / "config.yaml")
     prms = sorted(run_dir.glob("iter_*/prm/config.json"))
     if not prms:
@@ -637,7 +646,7 @@ def best_of_n(run_dir: Path, n: int = 8, questions: int = 200) -> dict:
     init_ray(8)
     pool = GeneratorPool(engine_spec(cfg, str(policy)), cfg.cluster.generator_replicas, 1, 0, "PACK", 256)
     try:
-        from .weights import push_policy
+        from sitf_ray.rollout.weights import push_policy
         push_policy(pool, policy, 1)
         samples, _ = sample_paths(pool, task, rows, n, 1.0, 1.0, cfg.sampling.max_tokens, seed=123, dedupe=False)
     finally:
@@ -663,7 +672,7 @@ def best_of_n(run_dir: Path, n: int = 8, questions: int = 200) -> dict:
 
 def eval_prm(run_dir: str, out: Optional[str]) -> int:
     """Label and PRM quality of a finished run, per iteration, and PRM best-of-N on the test split."""
-    from .artifacts import Ledger
+    from sitf_ray.runs.artifacts import Ledger
     d = Path(run_dir)
     rows = []
     for it in sorted(d.glob("iter_*/stages.json")):

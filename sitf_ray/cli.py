@@ -14,17 +14,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # transformers' "Wr
 # whichever other Ray instance runs on the machine; read when ray is imported, so set before that
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
-QUICKSTART = ["method=sipf", "baselines=[outcome,sft]"]
 
 
 def _cfg(path, overrides):
-    from . import config as C
+    from sitf_ray import config as C
     return C.load(path, overrides)
 
 
 def _run_dir(path: str, need: str = "config.yaml", why: str = "") -> Path:
     """A run directory that holds `need`; UsageError (exit 2, one line) otherwise."""
-    from .config import UsageError
+    from sitf_ray.config import UsageError
     d = Path(path)
     if not d.is_dir():
         raise UsageError(f"{path}: no such run directory")
@@ -37,16 +36,16 @@ def _run_dir(path: str, need: str = "config.yaml", why: str = "") -> Path:
 
 def _ray_logs() -> None:
     """The last line of a run: where Ray's own logs went (the console shows only ours)."""
-    from .console import log_lines
+    from sitf_ray.runs.console import log_lines
     for line in log_lines():
         print(line)
 
 
 def cmd_quickstart(a) -> int:
-    from . import config as C
-    from .pipeline import run
-    from .report import table
-    cfg = C.load(None, QUICKSTART + a.overrides)
+    from sitf_ray import config as C
+    from sitf_ray.pipeline import run
+    from sitf_ray.runs.report import table
+    cfg = C.load(None, C.QUICKSTART + a.overrides)
     t0 = time.time()
     res = run(cfg, a.out, resume=(Path(a.out) / "config.yaml").exists() and a.resume)
     print("\n" + table(res))
@@ -57,8 +56,8 @@ def cmd_quickstart(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from .pipeline import run
-    from .report import table
+    from sitf_ray.pipeline import run
+    from sitf_ray.runs.report import table
     cfg = _cfg(a.config, a.overrides)
     a.out = a.out or f"runs/{Path(a.config).stem}"
     res = run(cfg, a.out)
@@ -68,11 +67,11 @@ def cmd_run(a) -> int:
 
 
 def cmd_resume(a) -> int:
-    from . import config as C
-    from .pipeline import run
-    from .report import table
+    from sitf_ray import config as C
+    from sitf_ray.pipeline import run
+    from sitf_ray.runs.report import table
     if "://" in a.dir:   # a run mirrored to a bucket: fetch it, then continue here
-        from .artifacts import mirror_down
+        from sitf_ray.runs.artifacts import mirror_down
         local = Path("runs") / a.dir.rstrip("/").rsplit("/", 1)[-1]
         a.dir = str(mirror_down(a.dir, local))
     path = _run_dir(a.dir) / "config.yaml"
@@ -86,10 +85,12 @@ def cmd_resume(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from . import config as C
-    from .actors import init_ray
-    from .evaluate import evaluate
-    from .pipeline import Context, load_policy, prepare, shutdown
+    from sitf_ray import config as C
+    from sitf_ray.cluster.ray_init import init_ray
+    from sitf_ray.rollout.evaluate import evaluate
+    from sitf_ray.runs.context import Context, prepare
+    from sitf_ray.rollout.stages import load_policy
+    from sitf_ray.pipeline import shutdown
     d = _run_dir(a.dir)
     its = sorted(d.glob("iter_*/policy"))
     if not its:
@@ -113,8 +114,8 @@ def cmd_eval(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .artifacts import read_json
-    from .report import seeds_table, table, write_report, write_seeds_report
+    from sitf_ray.runs.artifacts import read_json
+    from sitf_ray.runs.report import seeds_table, table, write_report, write_seeds_report
     for d in a.dir:
         _run_dir(d, "results.json", " (the run has not finished; `sitf-ray resume " + d + "` finishes it)")
     if len(a.dir) > 1:   # several seeds of one config: mean +- sd
@@ -128,9 +129,9 @@ def cmd_report(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from . import config as C
-    from .pipeline import run
-    from .report import table
+    from sitf_ray import config as C
+    from sitf_ray.pipeline import run
+    from sitf_ray.runs.report import table
     methods = a.methods.split(",")
     cfg = C.load(a.config, a.overrides + [f"method={methods[0]}", f"baselines=[{','.join(methods[1:])}]"])
     res = run(cfg, a.out)
@@ -140,7 +141,7 @@ def cmd_compare(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from .sweep import sweep
+    from sitf_ray.sweep import sweep
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     sweep(a.out, seeds, [x.strip() for x in a.arms.split(",") if x.strip()], a.overrides)
     print(f"\nwrote {Path(a.out) / 'sweep.md'}")
@@ -148,17 +149,17 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .serve import serve_forever
+    from sitf_ray.serving.app import serve_forever
     return serve_forever(a.dir, a.host, a.port, a.overrides)
 
 
 def cmd_bench(a) -> int:
-    from .bench import run_bench
+    from sitf_ray.bench import run_bench
     return run_bench(a.name, a.out, a.overrides)
 
 
 def cmd_validate_cluster(a) -> int:
-    from .cluster import validate_cluster
+    from sitf_ray.cluster.validate import validate_cluster
     problems = validate_cluster(a.file, a.config)
     for p in problems:
         print(f"{a.file}: {p}", file=sys.stderr)
@@ -168,10 +169,10 @@ def cmd_validate_cluster(a) -> int:
 
 
 def cmd_eval_prm(a) -> int:
-    from .bench import eval_prm
+    from sitf_ray.bench import eval_prm
     d = _run_dir(a.dir)
     if not list(d.glob("iter_*/prm/config.json")):
-        from .config import UsageError
+        from sitf_ray.config import UsageError
         raise UsageError(f"{a.dir}: no trained PRM (iter_*/prm): eval-prm needs a run of a method with "
                          f"process feedback (sipf, sipf-dpo) that finished at least one PRM")
     print(f"[eval-prm] {a.dir}: label and PRM quality per iteration, then PRM best-of-N on the test split "
@@ -253,10 +254,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .actors import ClusterError
-    from .artifacts import ArtifactError
-    from .config import ConfigError, UsageError
-    from .tasks.base import DataError
+    from sitf_ray.cluster.scheduling import ClusterError
+    from sitf_ray.runs.artifacts import ArtifactError
+    from sitf_ray.config import ConfigError, UsageError
+    from sitf_ray.tasks.base import DataError
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may come anywhere after the command (argparse cannot mix them with options)
     overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]

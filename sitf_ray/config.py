@@ -12,6 +12,12 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sitf_ray.methods import METHODS
+
+MethodName = Literal[tuple(METHODS)]    # the names of the methods table, validated like any literal
+# `sitf-ray quickstart`: the default config (the arith task, tiny model) with these overrides
+QUICKSTART = ["method=sipf", "baselines=[outcome,sft]"]
+
 
 class ConfigError(ValueError):
     """Bad configuration; str() is the one-line message shown to the user (exit status 2)."""
@@ -186,7 +192,7 @@ class PRMConfig(_Base):
     holdout: float = Field(0.08, ge=0, lt=1)
     aggregate: Literal["mean", "min", "last", "product"] = "mean"
     # the calculator's verdict where it has one: a step that fails the task's step checker (arith, gsm8k: a
-    # false equation) scores 0 whatever the PRM says; tasks without a checker: no-op (pipeline.stage_score)
+    # false equation) scores 0 whatever the PRM says; tasks without a checker: no-op (feedback/stages.stage_score)
     check_steps: bool = True
     lora: LoraConfig = LoraConfig()
     load_in_4bit: bool = False                # 4-bit base + LoRA, as the paper's 7B PRM (CUDA only)
@@ -296,9 +302,9 @@ class TrackingConfig(_Base):
 
 class SIPFConfig(_Base):
     seed: int = 0
-    method: Literal["sipf", "sft", "rft", "outcome", "sipf-dpo"] = "sipf"
+    method: MethodName = "sipf"          # methods.py METHODS
     iterations: int = Field(3, ge=0)
-    baselines: list[Literal["sft", "rft", "outcome", "sipf-dpo"]] = []
+    baselines: list[MethodName] = []
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     sft: SFTConfig = SFTConfig()

@@ -14,8 +14,9 @@ import shutil
 import statistics
 from pathlib import Path
 
-from . import config as C
-from .artifacts import atomic_write_text, read_json, write_json
+from sitf_ray import config as C
+from sitf_ray.pipeline import run
+from sitf_ray.runs.artifacts import atomic_write_text, read_json, write_json
 
 # name -> (what it is, overrides). Every arm runs the same number of iterations from the same M_0.
 ARMS: dict[str, tuple[str, list[str]]] = {
@@ -45,7 +46,6 @@ def _fmt(values: list[float]) -> str:
 
 def build_seed_m0(base: list[str], seed: int, out: Path):
     """Run (or resume) M_0 alone for one seed: iterations=0, no baselines."""
-    from .pipeline import run
     d = out / f"seed{seed}" / "m0"
     cfg = C.build(overrides=base + [f"seed={seed}", "iterations=0", "baselines=[]"])
     run(cfg, d, resume=(d / "config.yaml").exists())
@@ -53,7 +53,6 @@ def build_seed_m0(base: list[str], seed: int, out: Path):
 
 
 def run_arm(base: list[str], arm: str, seed: int, out: Path, m0_dir: Path) -> dict:
-    from .pipeline import run
     d = out / f"seed{seed}" / arm
     ov = base + ARMS[arm][1] + [f"seed={seed}"]
     if arm != "sft":
@@ -108,12 +107,11 @@ def table(results: dict[int, dict[str, list[dict]]]) -> tuple[str, dict]:
 
 
 def sweep(out: str | Path, seeds: list[int], arms: list[str], overrides: list[str]) -> dict:
-    from .cli import QUICKSTART
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise C.ConfigError(f"unknown arm(s) {bad}; choose from {sorted(ARMS)}")
     out = Path(out)
-    base = QUICKSTART + list(overrides)
+    base = C.QUICKSTART + list(overrides)
     C.build(overrides=base)       # a bad override fails here, before any work
     results: dict = {}
     for seed in seeds:

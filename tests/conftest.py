@@ -94,7 +94,7 @@ def ray_head():
 def ray_session(ray_head):
     import ray
 
-    from sitf_ray.actors import init_ray
+    from sitf_ray.cluster.ray_init import init_ray
     os.environ["RAY_ADDRESS"] = ray_head["address"]
     init_ray()
     yield ray
@@ -105,7 +105,9 @@ def ray_session(ray_head):
 def m0_run(ray_session) -> Path:
     """A run directory whose iter_00 holds a trained M_0 (policy/, eval.json, sft.json)."""
     from sitf_ray import config as C
-    from sitf_ray.pipeline import build_m0, prepare, shutdown
+    from sitf_ray.train.stages import build_m0
+    from sitf_ray.runs.context import prepare
+    from sitf_ray.pipeline import shutdown
     cfg = make_config()
     key = hashlib.sha256(C.dump(cfg).encode()).hexdigest()[:12]
     cache = ROOT / ".cache" / "test-m0" / key

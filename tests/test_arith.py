@@ -96,7 +96,7 @@ def test_the_run_seed_draws_the_splits_unless_data_seed_is_given():
 
 
 def test_strict_accuracy_needs_the_answer_and_every_step():
-    from sitf_ray.sampling import check_all, strict_all
+    from sitf_ray.rollout.sampling import check_all, strict_all
     row = {"id": "x", "question": "Ann has 12 pens, buys 7 more, then gives away 5, then doubles them.",
            "answer": "28", "start": 12, "ops": [["+", 7], ["-", 5], ["*", 2]], "values": [19, 14, 28]}
     texts = ["12 + 7 = 19\n19 - 5 = 14\n14 * 2 = 28\nThe answer is 28",     # right all along

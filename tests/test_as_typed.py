@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -217,7 +216,7 @@ def test_progress_lines_in_logs_come_every_30_s_not_every_10(capfd, monkeypatch)
     (the fault: a second line 10 s after the first)."""
     import tqdm
 
-    from sitf_ray import progress
+    from sitf_ray.runs import progress
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 12.0)
     monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 1)
     monkeypatch.setenv("SITF_PROGRESS", "1")

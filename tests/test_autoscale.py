@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from sitf_ray.fakecluster import check_config, fake_config, scale_resources
+from sitf_ray.cluster.fakecluster import check_config, fake_config, scale_resources
 
 from conftest import ROOT
 
@@ -29,7 +29,7 @@ def test_fake_config_keeps_cluster_yaml_node_types():
     real, got = raw["available_node_types"], fake["available_node_types"]
     assert set(got) == set(real) and fake["head_node_type"] == raw["head_node_type"]
     assert fake["max_workers"] == raw["max_workers"]
-    assert fake["provider"]["module"] == "sitf_ray.fakecluster.FakeProvider"
+    assert fake["provider"]["module"] == "sitf_ray.cluster.fakecluster.FakeProvider"
     for name, t in real.items():
         res = {k: v for k, v in got[name]["resources"].items() if k != "object_store_memory"}
         assert res == scale_resources(t["resources"], 0.25), name
@@ -71,7 +71,7 @@ def test_reading_pairs_starts_no_actor_pool(ray_session, tmp_path):
     import ray.data
     from ray.util.state import list_actors
 
-    from sitf_ray.pairs import training_dataset
+    from sitf_ray.train.datasets import training_dataset
     for k in (1, 2):
         d = tmp_path / f"iter_{k:02d}" / "pairs"
         d.mkdir(parents=True)
@@ -94,7 +94,7 @@ def test_autoscale_demo(tmp_path):
     """`make autoscale-demo`: from zero workers the autoscaler launches the job's node types, generators
     land on GPU nodes, the job that loses a Ray Train worker's node (the provider terminates it) ends
     with the undisturbed run's results, and every worker is removed once idle."""
-    from sitf_ray.autoscale import demo, problems
+    from sitf_ray.cluster.autoscale import demo, problems
     out = tmp_path / "autoscale.json"
     rec = demo(out, tmp_path / "work")
     assert json.loads(out.read_text()) == json.loads(json.dumps(rec))

@@ -14,9 +14,9 @@ import re
 import pytest
 
 from sitf_ray import config as C
-from sitf_ray.engines.base import Completion
-from sitf_ray.labeling import Prober, label_samples, rollout_hits, versus_oracle
-from sitf_ray.sampling import sample_paths
+from sitf_ray.rollout.engines.base import Completion
+from sitf_ray.feedback.labeling import Prober, label_samples, rollout_hits, versus_oracle
+from sitf_ray.rollout.sampling import sample_paths
 from sitf_ray.tasks import arith, get_task
 from sitf_ray.tasks.base import passes_step_check
 from sitf_ray.tasks.equations import equations_true
@@ -136,7 +136,7 @@ class Scripted:
     def __init__(self, complete):
         self.complete, self.prompts = complete, []
 
-    def generate(self, prompts, params, seed=0, desc=""):
+    def generate(self, prompts, params, seed=0, desc="", partial_dir=None):
         self.prompts += list(prompts)
         return [[Completion(text, 5, "stop") for text in self.complete(p, params.n)] for p in prompts]
 
@@ -239,7 +239,7 @@ def test_the_default_checks_are_process_feedback_only():
 
 
 def test_checked_scores_never_score_a_false_equation_above_zero():
-    from sitf_ray.pipeline import checked_scores
+    from sitf_ray.feedback.stages import checked_scores
     steps = ["12 + 7 = 19", "19 - 5 = 15", "15 * 2 = 30", "The answer is 30"]
     assert checked_scores(ARITH, steps, [0.9, 0.95, 0.8, 0.7]) == [0.9, 0.0, 0.8, 0.7]
     gsm = ["She has 48/2 = 24 clips.", "Then 24 + 48 = 70 clips.", "#### 70"]

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from sitf_ray import config as C
-from sitf_ray.artifacts import read_json
-from sitf_ray.cluster import validate_cluster
+from sitf_ray.runs.artifacts import read_json
+from sitf_ray.cluster.validate import validate_cluster
 
 from conftest import ROOT, TEST_OVERRIDES, copy_m0
 
@@ -124,7 +124,7 @@ def test_metrics_endpoint_has_every_dashboard_metric(ray_head, mini_run):
 
 def test_run_mirrors_to_a_storage_uri(mini_run, tmp_path, ray_session):
     """storage=<uri> mirrors the run directory; `resume <uri>` fetches and continues it (file:// here)."""
-    from sitf_ray.artifacts import mirror_down, mirror_up
+    from sitf_ray.runs.artifacts import mirror_down, mirror_up
     d, _ = mini_run
     uri = f"file://{tmp_path}/bucket/run"
     mirror_up(d, uri)

@@ -1,4 +1,4 @@
-"""model.dtype 'auto': bf16 only where the hardware runs it natively (sitf_ray/precision.py).
+"""model.dtype 'auto': bf16 only where the hardware runs it natively (sitf_ray/cluster/precision.py).
 
 The rule is a pure function of the capabilities, so every kind of hardware is covered here without it;
 the real detection is checked against this machine's /proc/cpuinfo. No Ray, no vLLM.
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sitf_ray import config as C
-from sitf_ray import precision as P
+from sitf_ray.cluster import precision as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +125,9 @@ def test_smollm2_recipe_on_a_cpu_without_bf16_runs_float32_and_says_why(monkeypa
 def test_hf_engine_resolves_auto_where_it_is_built(tmp_path, monkeypatch, caps, want):
     import torch
 
-    from sitf_ray.engines.base import EngineSpec, GenParams
-    from sitf_ray.engines.hf import HFEngine
-    from sitf_ray.models import build_tiny
+    from sitf_ray.rollout.engines.base import EngineSpec, GenParams
+    from sitf_ray.rollout.engines.hf import HFEngine
+    from sitf_ray.train.model_sources import build_tiny
     folder = build_tiny(C.build(overrides=["model.tiny.num_layers=1"]), tmp_path / "m", seed=0)
     monkeypatch.setattr(P, "detect", lambda device="auto": caps)
     eng = HFEngine(EngineSpec(model=str(folder), kind="hf", dtype="auto", device="cpu"))
@@ -151,8 +151,8 @@ def test_engine_bench_measurement_is_bounded_and_says_so(monkeypatch):
     """bench._measure_engine shortens a measurement that would exceed its budget (fewer tokens per sequence,
     same prompts; fewer repeats) and records what it cut."""
     from sitf_ray import bench
-    from sitf_ray.engines import base
-    from sitf_ray.engines.base import Completion
+    from sitf_ray.rollout import engines
+    from sitf_ray.rollout.engines.base import Completion
 
     class SlowEngine:       # 0.5 ms per generated token, no batching
         precision = P.choose_dtype("float32", CPU_UNKNOWN)
@@ -161,7 +161,7 @@ def test_engine_bench_measurement_is_bounded_and_says_so(monkeypatch):
             time.sleep(0.0005 * len(prompts) * params.n * params.max_tokens)
             return [[Completion("x", params.max_tokens, "length")] * params.n for _ in prompts]
 
-    monkeypatch.setattr(base, "make_engine", lambda spec: SlowEngine())
+    monkeypatch.setattr(engines, "make_engine", lambda spec: SlowEngine())
     spec = {"engine": {"model": "none", "kind": "hf"}, "prompts": [f"p{i}" for i in range(16)],
             "params": {"n": 1, "max_tokens": 64}, "repeats": 3}
     full = bench._measure_engine(spec)             # one pass: 16 x 64 tokens = 0.51 s

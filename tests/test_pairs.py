@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sitf_ray.pairs import build_pairs, first_error, pairs_for_question, read_pairs
+from sitf_ray.feedback.pairs import build_pairs, first_error, pairs_for_question, read_pairs
 
 PROMPT = "Question: Ann has 12 pens, buys 7 more, then gives away 5, then doubles them. How many pens now?\nAnswer:\n"
 

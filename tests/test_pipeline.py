@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from sitf_ray import config as C
-from sitf_ray.artifacts import read_json, read_jsonl
+from sitf_ray.runs.artifacts import read_json, read_jsonl
 from sitf_ray.tasks import get_task
 from sitf_ray.tasks.base import passes_step_check
 
@@ -136,8 +136,57 @@ def test_resume_recomputes_a_corrupted_artifact(full_run, tmp_path, ray_session)
     assert res["iterations"][-1]["k"] == 2
 
 
+PRE_MOVE = "7f4e475"     # the last commit of the flat package, before the role folders (issue 28)
+
+
+def test_a_run_from_before_the_move_resumes_and_reports(full_run, m0_run, tmp_path, ray_session):
+    """A run started by the flat package and SIGKILLed while it labelled iteration 1 (kept chunks pickled
+    under the old module paths on disk) is finished by today's `sitf-ray resume` with exactly the results of
+    an uninterrupted run of today's code, and `sitf-ray report` reads it."""
+    ref_dir, _ = full_run
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_MOVE, "sitf_ray"], capture_output=True)
+    assert archive.returncode == 0, f"git archive {PRE_MOVE}: {archive.stderr.decode()[-500:]} (a shallow clone?)"
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    d = copy_m0(m0_run, tmp_path / "run")
+    cfg = mini_config()
+    cfg_path = tmp_path / "mini.yaml"
+    cfg_path.write_text(C.dump(cfg))
+    (d / "config.yaml").write_text(C.dump(cfg))
+    # the old code on its own local Ray (its workers import the old package from PYTHONPATH)
+    env_old = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(old), "PYTHONUNBUFFERED": "1"}
+    where = subprocess.run([sys.executable, "-c", "import sitf_ray.pipeline as p; print(p.__file__)"], env=env_old,
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert where.stdout.startswith(str(old)), where.stdout + where.stderr
+    log = open(tmp_path / "old-driver.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "sitf_ray.cli", "run", str(cfg_path), "--out", str(d)],
+                         cwd=tmp_path, env=env_old, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    partial = d / "iter_01" / "partial" / "label"
+    deadline = time.time() + 600
+    try:
+        while not any(partial.glob("*.pkl")):          # labelling is under way: a chunk is kept
+            assert p.poll() is None, (tmp_path / "old-driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "the old code never reached the label stage"
+            time.sleep(0.1)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not (d / "iter_01" / "labels.jsonl").exists(), "the kill landed after labelling"
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "resume", str(d)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert read_json(d / "results.json") == read_json(ref_dir / "results.json")
+    rep = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "report", str(d)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
+    from sitf_ray.runs.report import table
+    assert table(read_json(d / "results.json")) in (d / "report.md").read_text()
+
+
 def test_a_different_config_never_overwrites_a_run(full_run):
-    from sitf_ray.pipeline import prepare
+    from sitf_ray.runs.context import prepare
     d, _ = full_run
     with pytest.raises(C.ConfigError, match="different config"):
         prepare(C.build(overrides=TEST_OVERRIDES + MINI + ["seed=7"]), d)
@@ -145,8 +194,8 @@ def test_a_different_config_never_overwrites_a_run(full_run):
 
 def test_a_nan_figure_says_why_on_the_console():
     """Issue 21.6: a PRM AUC with one class missing among the held-out steps showed as `nan`, no word why."""
-    from sitf_ray.pipeline import auc_figure
-    from sitf_ray.progress import summary
+    from sitf_ray.feedback.stages import auc_figure
+    from sitf_ray.runs.progress import summary
     assert auc_figure([0.9, 0.2], [1, 0]) == (1.0, None)
     for labels, why in (([], "no held-out step"), ([1, 1], "no wrong held-out step"), ([0, 0], "no right held-out step")):
         value, reason = auc_figure([0.5] * len(labels), labels)
@@ -156,7 +205,7 @@ def test_a_nan_figure_says_why_on_the_console():
 
 def test_the_table_says_whether_m0_sft_converged():
     """Issue 21.6: the footnote said "SFT to convergence" for an M_0 whose SFT hit its epoch cap."""
-    from sitf_ray.report import table
+    from sitf_ray.runs.report import table
 
     def res(m0):
         return {"task": "arith", "method": "sipf", "seed": 0, "baselines": {},
@@ -168,7 +217,7 @@ def test_the_table_says_whether_m0_sft_converged():
 
 def test_the_table_names_the_split_it_scores():
     """eval.split=val (tuning runs) was ignored: every iteration was scored on test and labelled 'val'."""
-    from sitf_ray.report import table
+    from sitf_ray.runs.report import table
     its = [{"k": 0, "accuracy": 0.2, "n": 200, "split": "val"}, {"k": 1, "accuracy": 0.3, "n": 200, "split": "val"}]
     out = table({"task": "arith", "method": "sipf", "seed": 0, "baselines": {}, "iterations": its})
     assert "val accuracy %" in out and "test accuracy" not in out
@@ -177,7 +226,7 @@ def test_the_table_names_the_split_it_scores():
 
 
 def test_eval_split_scores_the_split_it_names():
-    from sitf_ray.pipeline import load_splits
+    from sitf_ray.runs.context import load_splits
     from sitf_ray.tasks import get_task
     cfg = C.build(overrides=["eval.split=val", "eval.n=50"])
     splits = load_splits(cfg, get_task("arith"))
@@ -187,7 +236,7 @@ def test_eval_split_scores_the_split_it_names():
 
 
 def test_seeds_table_is_mean_and_sd_over_runs():
-    from sitf_ray.report import seeds_table
+    from sitf_ray.runs.report import seeds_table
 
     def res(seed, sipf, sft):
         return {"task": "arith", "method": "sipf", "seed": seed,
@@ -200,8 +249,8 @@ def test_seeds_table_is_mean_and_sd_over_runs():
 
 
 def test_seeds_report_has_strict_accuracy_and_an_error_bar_plot(tmp_path):
-    from sitf_ray.artifacts import write_json
-    from sitf_ray.report import seeds_table, table, write_seeds_report
+    from sitf_ray.runs.artifacts import write_json
+    from sitf_ray.runs.report import seeds_table, table, write_seeds_report
 
     def res(seed, sipf, strict):
         its = [{"k": k, "accuracy": a, "strict_accuracy": s, "n": 1200} for k, (a, s) in enumerate(zip(sipf, strict))]

@@ -5,8 +5,10 @@ import random
 
 import pytest
 
-from sitf_ray.actors import scorer_pool
-from sitf_ray.prm import PRMModel, aggregate, auc, prm_encode_rows, step_end_tokens
+from sitf_ray.feedback.scorers import scorer_pool
+from sitf_ray.feedback.prm import PRMModel
+from sitf_ray.feedback.quality import aggregate, auc
+from sitf_ray.train.prm_objective import prm_encode_rows, step_end_tokens
 
 
 def toy_paths(n: int, seed: int) -> list[dict]:
@@ -47,7 +49,7 @@ def test_step_end_tokens_point_at_each_steps_newline(m0):
 def test_prm_learns_a_separable_labelling_and_scorers_serve_it(m0, tmp_path, ray_session):
     import ray.data
 
-    from sitf_ray.trainer import FitJob, fit
+    from sitf_ray.train.session import FitJob, fit
     train, held = toy_paths(240, 0), toy_paths(60, 1)
     ds = ray.data.from_items(train)
     job = FitJob(name="prm-toy", storage=str(tmp_path / "rt"), init_model=str(m0), out_dir=str(tmp_path / "prm"),

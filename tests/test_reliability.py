@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from sitf_ray import config as C
-from sitf_ray.artifacts import read_json, read_jsonl
+from sitf_ray.runs.artifacts import read_json, read_jsonl
 
 from conftest import ROOT, TEST_OVERRIDES, copy_m0, free_port, mini_config
 
@@ -31,7 +31,7 @@ def test_train_worker_killed_mid_epoch_resumes_from_checkpoint(m0, tmp_path, ray
     import ray.data
     from safetensors.torch import load_file
 
-    from sitf_ray.trainer import SESSION_NAME, FitJob, fit
+    from sitf_ray.train.session import SESSION_NAME, FitJob, fit
     from sitf_ray.tasks import get_task
     task = get_task("arith")
     cfg = C.build(overrides=TEST_OVERRIDES)
@@ -70,7 +70,7 @@ def test_train_worker_killed_mid_epoch_resumes_from_checkpoint(m0, tmp_path, ray
 
 
 def test_prm_scorer_killed_mid_scoring_loses_nothing(mini_run, ray_session):
-    from sitf_ray.actors import scorer_pool
+    from sitf_ray.feedback.scorers import scorer_pool
     d, _ = mini_run
     samples = read_jsonl(d / "iter_01" / "samples.jsonl")
     from sitf_ray.tasks import get_task
@@ -148,8 +148,8 @@ def test_unreachable_ray_address_is_one_clear_line(tmp_path):
 
 
 def test_impossible_resources_fail_with_the_reason(ray_session, monkeypatch, m0):
-    from sitf_ray.actors import GeneratorPool
-    from sitf_ray.engines import EngineSpec
+    from sitf_ray.rollout.generators import GeneratorPool
+    from sitf_ray.rollout.engines import EngineSpec
     monkeypatch.setenv("SITF_SCHEDULE_TIMEOUT", "5")     # a joined cluster may grow: it waits this long
     with pytest.raises(RuntimeError, match=r"generator pool \(2 replicas, strategy PACK\): asked for "
                                            r"2 x \{CPU 1, GPU 4\}, placed not within 5 s; the cluster has CPU 8"):
@@ -209,7 +209,7 @@ HOSTILE = {
 def test_hostile_programs_never_pass_and_never_harm(tmp_path, monkeypatch):
     import socket
 
-    from sitf_ray.sandbox import bwrap_available, check_many
+    from sitf_ray.tasks.sandbox import bwrap_available, check_many
     monkeypatch.setenv("SITF_SECRET", "hunter2")
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -243,7 +243,7 @@ def test_hostile_programs_never_pass_and_never_harm(tmp_path, monkeypatch):
 def api(mini_run, ray_session):
     from ray import serve
 
-    from sitf_ray.serve import start
+    from sitf_ray.serving.app import start
     d, _ = mini_run
     url = start(str(d), port=free_port(), name="sitf-reliability")
     yield url

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from sitf_ray import sandbox
-from sitf_ray.sandbox import SandboxResult, bwrap_available, check_many, check_program, run_program
+from sitf_ray.tasks import sandbox
+from sitf_ray.tasks.sandbox import SandboxResult, bwrap_available, check_many, check_program, run_program
 
 INFO = sandbox.sandbox_info()
 isolated_only = pytest.mark.skipif(not INFO["isolated"], reason="bubblewrap isolation unavailable here "
@@ -423,7 +423,7 @@ def test_harness_module_is_real_python_and_inert_on_import():
     routes the tests' own operations through the helpers."""
     import ast
 
-    from sitf_ray import sandbox_harness
+    from sitf_ray.tasks import sandbox_harness
     code, lines, required = sandbox_harness._rewrite(
         ast, ast.parse("x = abs(f(1) - 2)\nif x:\n    pass\nassert x < 1 and not x\n"))
     names = set(code.co_names)
@@ -534,7 +534,7 @@ def test_one_cpu_time_limit_under_the_pipelines_concurrency():
     cores (the pipeline checks 4 at a time): programs needing ~0.5 s of CPU pass under a 2 s limit, endless
     loops all end on the CPU limit (not the wall clock, which used to run out first under load), and a
     program that only waits is stopped by the wall-clock backstop."""
-    from sitf_ray.sandbox import CPU_SECONDS, wall_backstop
+    from sitf_ray.tasks.sandbox import CPU_SECONDS, wall_backstop
     from sitf_ray.tasks import humaneval, mbpp
     assert CPU_SECONDS == 10 and wall_backstop(CPU_SECONDS) == 50
     assert mbpp.CPU_SECONDS == humaneval.CPU_SECONDS == CPU_SECONDS

@@ -16,7 +16,7 @@ TOKEN = "s3cret-token"
 def api(mini_run, ray_session):
     from ray import serve
 
-    from sitf_ray.serve import start
+    from sitf_ray.serving.app import start
     d, _ = mini_run
     url = start(str(d), port=free_port(), token=TOKEN, name="sitf-test")
     s = requests.Session()
@@ -139,7 +139,7 @@ def client(api):
 def _task_prompt_tokens(mini_run, text: str) -> int:
     from transformers import AutoTokenizer
 
-    from sitf_ray.serve import latest
+    from sitf_ray.serving.app import latest
     d, _ = mini_run
     return len(AutoTokenizer.from_pretrained(latest(d, "policy"))(text)["input_ids"])
 
@@ -279,7 +279,7 @@ def test_lora_policy_is_served_merged(m0, tmp_path):
     that folder generates what HF's merged adapter generates; a full policy is served as it is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sitf_ray.serve import serving_folder
+    from sitf_ray.serving.app import serving_folder
     from sitf_ray.tasks import get_task
     from test_generation import make_adapter
     task = get_task("arith")

@@ -250,7 +250,7 @@ def test_code_is_judged_and_continued_as_written():
     """A right solution whose triple-quoted string holds a blank line: its steps give the text back, so the
     path judged and trained on and every rollout prefix are the program the model wrote (it failed when
     steps dropped blank lines)."""
-    from sitf_ray.labeling import prefix_text
+    from sitf_ray.feedback.labeling import prefix_text
     row = {"id": "x", "task_id": 0, "question": "Return the banner.", "test_list": ["assert banner() == 'a\\n\\nb'"],
            "test_setup_code": "", "challenge_test_list": []}
     row = mbpp.with_protocol(row, "train")

@@ -1,4 +1,4 @@
-"""Experiment tracking (sitf_ray/tracking.py): TensorBoard event files read back with TensorBoard's own reader,
+"""Experiment tracking (sitf_ray/runs/tracking.py): TensorBoard event files read back with TensorBoard's own reader,
 the same figures through MLflow's client, W&B offline, resume without duplicated or lost points, and a
 missing backend as a warning.
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from sitf_ray import config as C
-from sitf_ray import tracking
-from sitf_ray.artifacts import Ledger, atomic_write_text, read_json, write_json
+from sitf_ray.runs import tracking
+from sitf_ray.runs.artifacts import Ledger, atomic_write_text, read_json, write_json
 
 from conftest import MINI, TEST_OVERRIDES
 

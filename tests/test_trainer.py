@@ -6,7 +6,7 @@ import pytest
 
 
 def _job(m0, tmp_path, name, **kw):
-    from sitf_ray.trainer import FitJob
+    from sitf_ray.train.session import FitJob
     hp = {"lr": 1e-3, "epochs": 1, "batch_size": 8, "warmup_steps": 0, "max_len": 256, "max_prompt_len": 128}
     return FitJob(name=name, storage=str(tmp_path / "rt"), init_model=str(m0), out_dir=str(tmp_path / name),
                   objective="sft", hp=hp | kw.pop("hp", {}), seed=0, workers=2, threads=1, **kw)
@@ -24,7 +24,7 @@ def _worker_pids() -> set[int]:
 def test_fits_share_one_session_and_its_workers(m0, tmp_path, ray_session):
     import ray.data
 
-    from sitf_ray.trainer import close_session, fit, session
+    from sitf_ray.train.session import close_session, fit, session
     close_session()
     a = fit(_job(m0, tmp_path, "first"), {"train": ray.data.from_items(ROWS)})
     pids = _worker_pids()
@@ -43,7 +43,7 @@ def test_fits_share_one_session_and_its_workers(m0, tmp_path, ray_session):
 def test_fewer_rows_than_workers_trains_on_every_worker(m0, tmp_path, ray_session):
     import ray.data
 
-    from sitf_ray.trainer import fit
+    from sitf_ray.train.session import fit
     res = fit(_job(m0, tmp_path, "one-row"), {"train": ray.data.from_items(ROWS[:1])})
     assert res.steps == 1
 
@@ -51,7 +51,7 @@ def test_fewer_rows_than_workers_trains_on_every_worker(m0, tmp_path, ray_sessio
 def test_a_failing_job_raises_a_clear_error_and_the_next_fit_works(m0, tmp_path, ray_session):
     import ray.data
 
-    from sitf_ray.trainer import FitError, fit
+    from sitf_ray.train.session import FitError, fit
     bad = _job(m0, tmp_path, "broken")
     bad.init_model = str(tmp_path / "no-such-model")
     with pytest.raises(FitError, match=r"fit broken failed on a training worker(.|\n)*no-such-model"):
@@ -71,7 +71,7 @@ if rank == 1:
 try:
     dist.all_reduce(torch.ones(1 << 20))
 except Exception as e:
-    from sitf_ray.train_loop import peer_lost
+    from sitf_ray.train.worker import peer_lost
     print("LOST" if peer_lost(e) else "OTHER", type(e).__name__, str(e)[:200])
     sys.exit(0)
 print("NO ERROR")
@@ -84,7 +84,7 @@ def test_a_collective_broken_by_a_dead_peer_is_told_apart_from_a_job_error(tmp_p
     import subprocess
     import sys
 
-    from sitf_ray.train_loop import peer_lost
+    from sitf_ray.train.worker import peer_lost
     script = tmp_path / "gloo.py"
     script.write_text(_GLOO)
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store")],

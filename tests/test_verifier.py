@@ -13,7 +13,7 @@ def _finals(storage):
 
 
 def test_verifier_cache_is_reused_by_seeds_and_rebuilt_when_its_config_changes(tmp_path, ray_session):
-    from sitf_ray.verifier import ensure_verifier, gold_rows, read_info, verifier_folder
+    from sitf_ray.feedback.verifier import ensure_verifier, gold_rows, read_info, verifier_folder
     ov = SMALL + [f"model.cache_dir={tmp_path / 'models'}"]
     cfg = C.build(overrides=ov)
     storage = tmp_path / "rt"

@@ -1,12 +1,12 @@
-"""The digest a fit records with a policy's weights (train_loop.save_final), used by the broadcast only while
+"""The digest a fit records with a policy's weights (train/worker.save_final), used by the broadcast only while
 the weight files are the ones it hashed."""
 from __future__ import annotations
 
 import os
 import shutil
 
-from sitf_ray.engines.base import pack_state
-from sitf_ray.weights import _recorded_digest, policy_payload, record_wire_digest
+from sitf_ray.rollout.engines.base import pack_state
+from sitf_ray.rollout.weights import _recorded_digest, policy_payload, record_wire_digest
 
 
 def test_recorded_digest_is_the_wire_digest_and_goes_stale_with_the_files(m0, tmp_path):

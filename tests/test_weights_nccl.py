@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sitf_ray.weights_nccl import NCCLSender, push_policy_nccl
+from sitf_ray.rollout.weights_nccl import NCCLSender, push_policy_nccl
 
 
 def test_nccl_sync_refuses_without_cuda(monkeypatch, tmp_path):
@@ -21,10 +21,10 @@ def test_nccl_sync_refuses_without_cuda(monkeypatch, tmp_path):
                     reason="needs 2 CUDA GPUs: one replica plus the sender (NCCL refuses two ranks on one GPU)")
 def test_nccl_push_reaches_the_replica(m0, ray_session, tmp_path):
 
-    from sitf_ray.actors import GeneratorPool
-    from sitf_ray.engines import EngineSpec, GenParams
+    from sitf_ray.rollout.generators import GeneratorPool
+    from sitf_ray.rollout.engines import EngineSpec, GenParams
     from sitf_ray.tasks import get_task
-    from sitf_ray.weights_nccl import close_nccl
+    from sitf_ray.rollout.weights_nccl import close_nccl
 
     from conftest import make_config, perturbed_copy
 

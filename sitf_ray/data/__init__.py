@@ -13,9 +13,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..tasks.base import DataError
 
 DATA_DIR = Path(__file__).resolve().parent
+
+
+class DataError(ValueError):
+    """A data row is unusable; the message names the file/row and the field."""
 
 # Field specs: str (non-empty unless listed in `may_be_empty`), int, or list of str.
 STR, INT, STR_LIST = "str", "int", "list[str]"

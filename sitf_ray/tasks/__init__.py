@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import DataError, Task
+from sitf_ray.tasks.base import DataError, Task
 
 _MODULES = {"arith": "arith", "gsm8k": "gsm8k", "mbpp": "mbpp", "humaneval": "humaneval",
             "mmlu_math": "mmlu_math"}

@@ -16,8 +16,8 @@ import random
 import re
 from typing import Optional
 
-from .base import Task, extract_final_number, numbers_equal, split_lines
-from .equations import equations_true
+from sitf_ray.tasks.base import Task, extract_final_number, numbers_equal, split_lines
+from sitf_ray.tasks.equations import equations_true
 
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo",
          "Mia", "Ned", "Ola", "Pam", "Raj", "Sue", "Tom", "Uma", "Vic", "Wes", "Zoe"]

@@ -8,12 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from sitf_ray.data import DataError  # noqa: F401  (tasks raise it; data/ defines it, below tasks)
+
 # One number parser and one equality for every math task (answers.py), re-exported for the tasks.
-from .answers import extract_final_number, normalize_number, numbers_equal  # noqa: F401
-
-
-class DataError(ValueError):
-    """A data row is unusable; the message names the file/row and the field."""
+from sitf_ray.tasks.answers import extract_final_number, normalize_number, numbers_equal  # noqa: F401
 
 
 @dataclass

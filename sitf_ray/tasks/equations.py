@@ -47,7 +47,7 @@ import re
 from fractions import Fraction
 from typing import Optional
 
-from .answers import _NUM, _value, clean
+from sitf_ray.tasks.answers import _NUM, _value, clean
 
 # --------------------------------------------------------------------------------------------- tokens
 NUM, OP, LP, RP, EQ, WORD, OTHER = "num", "op", "(", ")", "=", "word", "other"

@@ -26,9 +26,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..data import STR, hub_rows, read_jsonl, source_path
-from .base import DataError, Task, extract_final_number, normalize_number, numbers_equal, split_lines
-from .equations import equations_true
+from sitf_ray.data import STR, hub_rows, read_jsonl, source_path
+from sitf_ray.tasks.base import DataError, Task, extract_final_number, normalize_number, numbers_equal, split_lines
+from sitf_ray.tasks.equations import equations_true
 
 FILES = {"train": "gsm8k_train.jsonl.gz", "test": "gsm8k_test.jsonl"}
 SPEC = {"question": STR, "answer": STR}

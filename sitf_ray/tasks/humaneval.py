@@ -2,7 +2,7 @@
 
 The prompt is the function signature with its docstring; the model writes the body. pass@1 follows
 the official harness: the program ``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"``
-runs in the sandbox (`sitf_ray.sandbox.check_program`, which adds an unforgeable pass verdict).
+runs in the sandbox (`sitf_ray.tasks.sandbox.check_program`, which adds an unforgeable pass verdict).
 Generation stops at the official stop strings, so a completion is just the body. A completion that
 is a fenced block instead (a chat model's habit) is read too: a block that defines the entry point
 replaces the prompt's stub (the prompt still runs first, for its imports and helpers), a block without
@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..data import STR, hub_rows, read_jsonl, source_path
-from ..sandbox import CPU_SECONDS
-from .base import Task, split_code_lines
-from .code import fenced_blocks, pick_block
+from sitf_ray.data import STR, hub_rows, read_jsonl, source_path
+from sitf_ray.tasks.base import Task, split_code_lines
+from sitf_ray.tasks.code import fenced_blocks, pick_block
+from sitf_ray.tasks.sandbox import CPU_SECONDS, check_program, passed_many
 
 FILE = "HumanEval.jsonl"
 SPEC = {"task_id": STR, "prompt": STR, "entry_point": STR, "canonical_solution": STR, "test": STR}
@@ -93,7 +93,6 @@ def program(row: dict, completion: str) -> str:
 def is_correct(row: dict, completion: str, *, cpu_seconds: int = CPU_SECONDS, timeout: Optional[float] = None) -> bool:
     """Does the completion pass the task's check()? cpu_seconds: the sandbox's time limit; timeout: its
     wall-clock backstop (None = the sandbox's default)."""
-    from ..sandbox import check_program
     program = solution(row, completion)
     if program is None:
         return False
@@ -105,7 +104,6 @@ def is_correct(row: dict, completion: str, *, cpu_seconds: int = CPU_SECONDS, ti
 def is_correct_many(rows: list[dict], completions: list[str], *, workers: int = 4, cpu_seconds: int = CPU_SECONDS,
                     timeout: Optional[float] = None) -> list[bool]:
     """is_correct for many (row, completion) pairs, programs run concurrently; input order kept."""
-    from ..sandbox import passed_many
     programs = [solution(r, c) for r, c in zip(rows, completions)]
     return passed_many([None if p is None else (p, r["test"], r["entry_point"]) for r, p in zip(rows, programs)],
                        workers=workers, cpu_seconds=cpu_seconds, timeout=timeout)

@@ -27,7 +27,7 @@ Two grading protocols, chosen by split (each loaded row carries `prompt_tests` a
   self-training cannot learn to write one.
 
 A completion is correct when its code passes the graded asserts (after `test_setup_code`) in the
-sandbox (`sitf_ray.sandbox.check_program`: the verdict cannot be forged by exiting early or by objects
+sandbox (`sitf_ray.tasks.sandbox.check_program`: the verdict cannot be forged by exiting early or by objects
 whose methods lie). The code is taken from the completion as the model wrote it (`extract_code`).
 """
 from __future__ import annotations
@@ -36,10 +36,10 @@ import ast
 import re
 from typing import Optional
 
-from ..data import INT, STR, STR_LIST, hub_rows, read_jsonl, source_path
-from ..sandbox import CPU_SECONDS
-from .base import DataError, Task, split_code_lines
-from .code import fenced_blocks, pick_block
+from sitf_ray.data import INT, STR, STR_LIST, hub_rows, read_jsonl, source_path
+from sitf_ray.tasks.base import DataError, Task, split_code_lines
+from sitf_ray.tasks.code import fenced_blocks, pick_block
+from sitf_ray.tasks.sandbox import CPU_SECONDS, check_program, passed_many
 
 FILE = "mbpp.jsonl"
 SPEC = {"task_id": INT, "text": STR, "code": STR, "test_list": STR_LIST, "test_setup_code": STR}
@@ -179,7 +179,6 @@ def extract_code(text: str, name: Optional[str]) -> Optional[str]:
 def is_correct(row: dict, completion: str, *, cpu_seconds: int = CPU_SECONDS, timeout: Optional[float] = None) -> bool:
     """Does the code of `completion` pass the row's graded asserts? cpu_seconds: the sandbox's time limit;
     timeout: its wall-clock backstop (None = the sandbox's default)."""
-    from ..sandbox import check_program
     code = extract_code(completion, entry_point(row))
     if code is None:
         return False
@@ -189,7 +188,6 @@ def is_correct(row: dict, completion: str, *, cpu_seconds: int = CPU_SECONDS, ti
 def is_correct_many(rows: list[dict], completions: list[str], *, workers: int = 4, cpu_seconds: int = CPU_SECONDS,
                     timeout: Optional[float] = None) -> list[bool]:
     """is_correct for many (row, completion) pairs, programs run concurrently; input order kept."""
-    from ..sandbox import passed_many
     codes = [extract_code(c, entry_point(r)) for r, c in zip(rows, completions)]
     return passed_many([None if c is None else (c, tests_text(r)) for r, c in zip(rows, codes)],
                        workers=workers, cpu_seconds=cpu_seconds, timeout=timeout)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..data import STR, STR_LIST, data_path, hub_rows, read_jsonl, source_path
-from .base import DataError, Task, extract_final_number, normalize_number, numbers_equal, split_lines
+from sitf_ray.data import STR, STR_LIST, data_path, hub_rows, read_jsonl, source_path
+from sitf_ray.tasks.base import DataError, Task, extract_final_number, normalize_number, numbers_equal, split_lines
 
 FILE = "sipf/mmlu_math_test.jsonl"
 MC_FILE = "mmlu_math5_test.jsonl"
