@@ -631,7 +631,7 @@ def best_of_n(run_dir: Path, n: int = 8, questions: int = 200) -> dict:
     from sitf_ray.cluster.ray_init import init_ray
     from sitf_ray.rollout.stages import engine_spec
     from sitf_ray.feedback.prm import PRMModel
-    from sitf_ray.feedback.quality import aggregate
+    from sitf_ray.feedback.scoring import path_scores
     from sitf_ray.rollout.sampling import sample_paths
     from sitf_ray.tasks import get_task
     cfg = C.load(run_dir / "config.yaml")
@@ -655,8 +655,8 @@ def best_of_n(run_dir: Path, n: int = 8, questions: int = 200) -> dict:
     by_q: dict = {}
     scores = prm.score([{"prompt": task.prompt(next(r for r in rows if r["id"] == s["qid"])), "steps": s["steps"]}
                         for s in samples])
-    for s, sc in zip(samples, scores):
-        by_q.setdefault(s["qid"], []).append((aggregate(sc, cfg.prm.aggregate), s))
+    for s, (_, reward) in zip(samples, path_scores(task, [s["steps"] for s in samples], scores, cfg.prm)):
+        by_q.setdefault(s["qid"], []).append((reward, s))
     acc = {"prm_rerank": 0, "majority_vote": 0, "random_pick": 0.0, "pass_at_n": 0}
     for q, cands in by_q.items():
         acc["prm_rerank"] += int(max(cands, key=lambda c: c[0])[1]["correct"])

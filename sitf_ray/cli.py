@@ -115,10 +115,11 @@ def cmd_eval(a) -> int:
 
 def cmd_report(a) -> int:
     from sitf_ray.runs.artifacts import read_json
-    from sitf_ray.runs.report import seeds_table, table, write_report, write_seeds_report
+    from sitf_ray.runs.report import check_same_recipe, seeds_table, table, write_report, write_seeds_report
     for d in a.dir:
         _run_dir(d, "results.json", " (the run has not finished; `sitf-ray resume " + d + "` finishes it)")
     if len(a.dir) > 1:   # several seeds of one config: mean +- sd
+        check_same_recipe(a.dir)
         print(seeds_table([read_json(Path(d) / "results.json") for d in a.dir]))
         print(f"\nwrote {write_seeds_report(a.dir, a.out or 'runs/seeds-report')}")
         return 0
@@ -267,6 +268,8 @@ def main(argv=None) -> int:
     elif overrides:
         print(f"sitf-ray {args.cmd}: takes no key=value overrides (got {overrides[0]})", file=sys.stderr)
         return 2
+    from sitf_ray.runs.console import install_sigint
+    install_sigint()
     try:
         return args.fn(args) or 0
     except UsageError as e:

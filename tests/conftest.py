@@ -2,8 +2,8 @@
 
 The M_0 is built by `pipeline.build_m0` (tiny Llama, tokenizer, SFT on Ray Train with validation-based
 early stopping) on a smaller arith configuration so that the suite stays fast; engine, actor, labeling,
-PRM and pipeline tests all start from it. It is cached under .cache/test-m0/<config hash> so a second
-local run skips the training (CI always starts clean and trains it once).
+PRM and pipeline tests all start from it. It is cached under .cache/test-m0/<hash of the config and of the package's
+code> so a second local run of unchanged code skips the training (CI always starts clean and trains it once).
 """
 from __future__ import annotations
 
@@ -109,7 +109,10 @@ def m0_run(ray_session) -> Path:
     from sitf_ray.runs.context import prepare
     from sitf_ray.pipeline import shutdown
     cfg = make_config()
-    key = hashlib.sha256(C.dump(cfg).encode()).hexdigest()[:12]
+    # keyed on the config and on the code that builds and trains M_0 (the whole package: a change anywhere in
+    # it may change M_0, and a stale cached M_0 would hide that from every test built on it)
+    code = "".join(p.read_text() for p in sorted((ROOT / "sitf_ray").rglob("*.py")))
+    key = hashlib.sha256((C.dump(cfg) + code).encode()).hexdigest()[:12]
     cache = ROOT / ".cache" / "test-m0" / key
     if not (cache / "iter_00" / "eval.json").exists():
         shutil.rmtree(cache, ignore_errors=True)

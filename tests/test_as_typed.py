@@ -105,14 +105,15 @@ def test_user_errors_are_one_line_exit_2_before_ray_starts(args, needle, bare_ru
 
 def test_a_request_the_cluster_can_never_place_stops_with_one_line(m0_run, tmp_path):
     """`sitf-ray quickstart cluster.train_cpus=64` on a machine with a handful of CPUs: not a silent wait but
-    one line naming what was asked and what the cluster has, non-zero exit, within about 60 s."""
+    one line naming what was asked and what the cluster has, non-zero exit, and the wait it states: at once
+    for a request no node could hold, else SITF_SCHEDULE_TIMEOUT (10 s here)."""
     from conftest import TEST_OVERRIDES, copy_m0
     run_dir = copy_m0(m0_run, tmp_path / "run")
     r = sitf("quickstart", "--out", run_dir, *TEST_OVERRIDES, "cluster.train_cpus=64", "iterations=1",
-             "baselines=[]", timeout=300)
+             "baselines=[]", timeout=300, env=user_env() | {"SITF_SCHEDULE_TIMEOUT": "10"})
     line = _one_error_line(r, 1, "error: Ray Train workers", "64", "the cluster has CPU")
     print(f"\n{line}\n(after {r.seconds:.0f} s)")
-    assert r.seconds < 90
+    assert "placed never (no node of this local cluster is that large)" in line or "not within 10 s" in line
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +172,11 @@ def test_serve_as_typed_answers_the_openai_client(served):
 
 def test_serve_with_a_request_the_cluster_can_never_place_stops_with_one_line(mini_run):
     d, _ = mini_run
-    r = sitf("serve", d, "--port", free_port(), "threads=64", timeout=300)
+    r = sitf("serve", d, "--port", free_port(), "threads=64", timeout=300,
+             env=user_env() | {"SITF_SCHEDULE_TIMEOUT": "10"})
     line = _one_error_line(r, 1, "error: serve", "64", "the cluster has CPU")
     print(f"\n{line}\n(after {r.seconds:.0f} s)")
-    assert r.seconds < 90
+    assert "placed never (no node of this local cluster is that large)" in line or "within 10 s" in line
 
 
 def test_eval_as_typed_says_what_it_starts_and_prints_only_ours(mini_run):
@@ -229,4 +231,22 @@ def test_progress_lines_in_logs_come_every_30_s_not_every_10(capfd, monkeypatch)
             err = capfd.readouterr().err
             stamps += [time.time() - t0] * err.count("\n")
     print(f"\nprogress lines at {[round(s, 1) for s in stamps]} s")
-    assert stamps and all(b - a >= 11.5 for a, b in zip(stamps, stamps[1:])), stamps
+    assert len(stamps) >= 2, stamps        # at least one interval measured: one line proves nothing
+    assert all(b - a >= 11.5 for a, b in zip(stamps, stamps[1:])), stamps
+
+
+def test_a_local_ray_starts_workers_as_fast_as_the_cpus_it_declares(tmp_path):
+    """Every command's local Ray (no cluster.num_cpus, as the quickstart runs) lets the raylet start as many
+    worker processes at once as it declares CPUs: with Ray's default (the machine's 2 cores) the quickstart's
+    score stage printed "(raylet) WARNING: 8 PYTHON worker processes have been started ... 4x the maximum
+    expected startup concurrency"."""
+    import subprocess
+    import sys
+    code = ("import os; from sitf_ray.cluster.ray_init import init_ray, local_cpus; init_ray(); "
+            "print(os.environ.get('RAY_worker_maximum_startup_concurrency'), local_cpus(None))")
+    r = subprocess.run([sys.executable, "-c", code], env=user_env(), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, declared = r.stdout.strip().splitlines()[-1].split()
+    assert got == declared, r.stdout
+

@@ -239,7 +239,7 @@ def test_the_default_checks_are_process_feedback_only():
 
 
 def test_checked_scores_never_score_a_false_equation_above_zero():
-    from sitf_ray.feedback.stages import checked_scores
+    from sitf_ray.feedback.scoring import checked_scores
     steps = ["12 + 7 = 19", "19 - 5 = 15", "15 * 2 = 30", "The answer is 30"]
     assert checked_scores(ARITH, steps, [0.9, 0.95, 0.8, 0.7]) == [0.9, 0.0, 0.8, 0.7]
     gsm = ["She has 48/2 = 24 clips.", "Then 24 + 48 = 70 clips.", "#### 70"]

@@ -38,6 +38,17 @@ def texts(outs):
     return [[c.text for c in o] for o in outs]
 
 
+def tie_gap(hf, prompt: str, a: str, b: str) -> float:
+    """HF's logit gap between the two tokens where texts a and b (continuations of prompt) first differ."""
+    import torch
+    eos = [hf.tok.eos_token_id]         # a text that stopped first ends with EOS where the other goes on
+    ta, tb = hf.tok(prompt + a).input_ids + eos, hf.tok(prompt + b).input_ids + eos
+    i = next(k for k, (x, y) in enumerate(zip(ta, tb)) if x != y)
+    with torch.no_grad():
+        logits = hf.model(torch.tensor([ta[:i]])).logits[0, -1].float()
+    return abs(float(logits[ta[i]] - logits[tb[i]]))
+
+
 def test_pool_results_complete_ordered_and_equal_to_hf(pool, m0, prompts):
     outs = pool.generate(prompts, GREEDY, seed=0)
     assert len(outs) == len(prompts) and all(len(o) == 1 for o in outs)
@@ -46,7 +57,14 @@ def test_pool_results_complete_ordered_and_equal_to_hf(pool, m0, prompts):
     same = sum(a[0].text == b[0].text for a, b in zip(outs, ref))
     agreement = same / len(prompts)
     print(f"\nvLLM vs HF greedy agreement (tiny fp32 model, {len(prompts)} prompts): {agreement:.3f}")
-    # fp32 on both sides: every sequence must match (a mismatch would mean wrong order or wrong weights)
+    # fp32 on both sides, but not the same kernels: a greedy pick can flip where the two best tokens' logits
+    # are within rounding of each other. Every mismatch must be such a near tie (wrong order or wrong weights
+    # would diverge at a token HF prefers by a clear margin), and they must stay rare.
+    for p, (v,), (h,) in zip(prompts, outs, ref):
+        if v.text != h.text:
+            gap = tie_gap(hf, p, v.text, h.text)
+            print(f"mismatch at a logit gap of {gap:.2e}: {v.text!r} vs {h.text!r}")
+            assert gap < 1e-3, (p, v.text, h.text, gap)
     assert agreement >= 0.95
     # each prompt's answer is its own: outputs follow inputs even though replicas finish out of order
     rev = pool.generate(prompts[::-1], GREEDY, seed=0)
@@ -86,9 +104,7 @@ def test_weight_update_reaches_every_replica(pool, m0, prompts, tmp_path):
 def test_killed_replica_mid_request_loses_nothing(pool, prompts):
     params = GenParams(n=8, temperature=1.0, max_tokens=48)
     many = prompts * 4
-    t0 = time.time()
     expected = texts(pool.generate(many, params, seed=5))
-    once = time.time() - t0
     result, errors = {}, []
 
     def go():
@@ -103,7 +119,11 @@ def test_killed_replica_mid_request_loses_nothing(pool, prompts):
     th.start()
     while pool.stats.requests == requests:      # the request is under way (a fixed sleep can lose the race)
         time.sleep(0.005)
-    time.sleep(once / 10)
+    done = pool.stats.done_chunks
+
+    while pool.stats.done_chunks == done:      # a chunk came back: the request is part-way
+
+        time.sleep(0.005)
     ray.kill(pool.actors[0], no_restart=True)
     th.join(timeout=300)
     assert not errors, errors

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from sitf_ray import config as C
-from sitf_ray.runs.artifacts import read_json, read_jsonl
+from sitf_ray.runs.artifacts import Ledger, read_json, read_jsonl
 from sitf_ray.tasks import get_task
 from sitf_ray.tasks.base import passes_step_check
 
@@ -78,26 +78,51 @@ def test_every_artifact_of_the_loop(full_run):
     assert timings["weight_syncs"] and all(s["replicas"] == 2 for s in timings["weight_syncs"])
 
 
+PRE_MOVE = "7f4e475"     # the last commit of the flat package, before the role folders (issue 28)
+
+
 def test_driver_killed_mid_iteration_resumes_to_the_same_results(full_run, m0_run, tmp_path, ray_session):
-    """SIGKILL the driver while iteration 1 trains its PRM; `sitf-ray resume` must end with the same files."""
+    """A run started by the flat package (the code before issue 28's move) is SIGKILLed while it labels
+    iteration 1 (its kept chunks pickled under the old module paths); today's `sitf-ray resume` is SIGKILLed
+    in turn once the labels are recorded (inside the PRM stage); a second resume ends with exactly the files
+    and curves of an uninterrupted run of today's code, and `sitf-ray report` reads the run."""
     ref_dir, _ = full_run
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_MOVE, "sitf_ray"], capture_output=True)
+    assert archive.returncode == 0, f"git archive {PRE_MOVE}: {archive.stderr.decode()[-500:]} (a shallow clone?)"
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     d = copy_m0(m0_run, tmp_path / "run")
-    cfg = mini_config()
     cfg_path = tmp_path / "mini.yaml"
-    cfg_path.write_text(C.dump(cfg))
-    (d / "config.yaml").write_text(C.dump(cfg))   # same M_0 settings, so the copied iter_00 stands
+    cfg_path.write_text(C.dump(mini_config()))
+    (d / "config.yaml").write_text(C.dump(mini_config()))   # same M_0 settings, so the copied iter_00 stands
+    # the old code on its own local Ray (its workers import the old package from PYTHONPATH)
+    env_old = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(old), "PYTHONUNBUFFERED": "1"}
+    where = subprocess.run([sys.executable, "-c", "import sitf_ray.pipeline as p; print(p.__file__)"], env=env_old,
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert where.stdout.startswith(str(old)), where.stdout + where.stderr
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "driver.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "sitf_ray.cli", "run", str(cfg_path), "--out", str(d)],
-                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while not (d / "iter_01" / "labels.jsonl").exists():
-        assert p.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.2)
-    time.sleep(4)        # inside the PRM fit on Ray Train
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+
+    def kill_when(cmd, environ, cwd, ready, what):
+        log = open(tmp_path / f"{what}.log", "w")
+        p = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 600
+        try:
+            while not ready():
+                assert p.poll() is None, (tmp_path / f"{what}.log").read_text()[-3000:]
+                assert time.time() < deadline, f"{what}: never reached the point to kill at"
+                time.sleep(0.02)
+        finally:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    labels = lambda: Ledger(d / "iter_01").data.get("label")       # noqa: E731
+    kill_when([sys.executable, "-m", "sitf_ray.cli", "run", str(cfg_path), "--out", str(d)], env_old, tmp_path,
+              lambda: any((d / "iter_01" / "partial" / "label").glob("*.pkl")), "old-driver")
+    assert not labels(), "the old code's kill landed after labelling"
+    kill_when([sys.executable, "-m", "sitf_ray.cli", "resume", str(d)], env, ROOT, labels, "resume-1")
+    ledger = Ledger(d / "iter_01")
+    assert "label" in ledger.data and "prm" not in ledger.data, "the kill did not land in the PRM stage"
     assert not (d / "iter_01" / "DONE").exists() and not (d / "results.json").exists()
     r = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "resume", str(d)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
@@ -115,6 +140,11 @@ def test_driver_killed_mid_iteration_resumes_to_the_same_results(full_run, m0_ru
     for run in ("sipf-seed0", "outcome-seed0"):
         resumed, uninterrupted = scalars(d / "tensorboard" / run), scalars(ref_dir / "tensorboard" / run)
         assert deterministic(resumed) == deterministic(uninterrupted), run
+    rep = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "report", str(d)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
+    from sitf_ray.runs.report import table
+    assert table(read_json(d / "results.json")) in (d / "report.md").read_text()
 
 
 def test_resume_recomputes_a_corrupted_artifact(full_run, tmp_path, ray_session):
@@ -134,55 +164,6 @@ def test_resume_recomputes_a_corrupted_artifact(full_run, tmp_path, ray_session)
     assert read_json(d / "results.json") == read_json(ref_dir / "results.json")
     assert (d / "iter_02" / "samples.jsonl").stat().st_mtime == before[d / "iter_02" / "samples.jsonl"]
     assert res["iterations"][-1]["k"] == 2
-
-
-PRE_MOVE = "7f4e475"     # the last commit of the flat package, before the role folders (issue 28)
-
-
-def test_a_run_from_before_the_move_resumes_and_reports(full_run, m0_run, tmp_path, ray_session):
-    """A run started by the flat package and SIGKILLed while it labelled iteration 1 (kept chunks pickled
-    under the old module paths on disk) is finished by today's `sitf-ray resume` with exactly the results of
-    an uninterrupted run of today's code, and `sitf-ray report` reads it."""
-    ref_dir, _ = full_run
-    old = tmp_path / "old"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PRE_MOVE, "sitf_ray"], capture_output=True)
-    assert archive.returncode == 0, f"git archive {PRE_MOVE}: {archive.stderr.decode()[-500:]} (a shallow clone?)"
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-    d = copy_m0(m0_run, tmp_path / "run")
-    cfg = mini_config()
-    cfg_path = tmp_path / "mini.yaml"
-    cfg_path.write_text(C.dump(cfg))
-    (d / "config.yaml").write_text(C.dump(cfg))
-    # the old code on its own local Ray (its workers import the old package from PYTHONPATH)
-    env_old = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(old), "PYTHONUNBUFFERED": "1"}
-    where = subprocess.run([sys.executable, "-c", "import sitf_ray.pipeline as p; print(p.__file__)"], env=env_old,
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert where.stdout.startswith(str(old)), where.stdout + where.stderr
-    log = open(tmp_path / "old-driver.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "sitf_ray.cli", "run", str(cfg_path), "--out", str(d)],
-                         cwd=tmp_path, env=env_old, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    partial = d / "iter_01" / "partial" / "label"
-    deadline = time.time() + 600
-    try:
-        while not any(partial.glob("*.pkl")):          # labelling is under way: a chunk is kept
-            assert p.poll() is None, (tmp_path / "old-driver.log").read_text()[-3000:]
-            assert time.time() < deadline, "the old code never reached the label stage"
-            time.sleep(0.1)
-    finally:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    assert not (d / "iter_01" / "labels.jsonl").exists(), "the kill landed after labelling"
-    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
-    r = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "resume", str(d)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert read_json(d / "results.json") == read_json(ref_dir / "results.json")
-    rep = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "report", str(d)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
-    from sitf_ray.runs.report import table
-    assert table(read_json(d / "results.json")) in (d / "report.md").read_text()
 
 
 def test_a_different_config_never_overwrites_a_run(full_run):
@@ -263,6 +244,68 @@ def test_seeds_report_has_strict_accuracy_and_an_error_bar_plot(tmp_path):
     for r in runs:
         d = tmp_path / f"seed{r['seed']}"
         write_json(d / "results.json", r)
+        (d / "config.yaml").write_text(C.dump(C.build(overrides=[f"seed={r['seed']}"])))
         dirs.append(d)
     out = write_seeds_report(dirs, tmp_path / "report")
     assert "32.0 ± 2.8" in out.read_text() and (tmp_path / "report" / "plots" / "accuracy.png").stat().st_size > 5000
+
+
+def test_report_refuses_to_average_runs_that_are_not_seeds_of_one_recipe(tmp_path):
+    """`sitf-ray report A B` as typed: runs whose configs differ beyond the seed, or that ran the same seed, are
+    refused with one line naming the difference (a mean over them would mislead); seeds of one recipe pass."""
+    from sitf_ray.runs.artifacts import write_json
+
+    def run(name, seed, *overrides):
+        d = tmp_path / name
+        its = [{"k": 0, "accuracy": 0.3, "n": 100}, {"k": 1, "accuracy": 0.35, "n": 100}]
+        write_json(d / "results.json", {"task": "arith", "model": "tiny", "method": "sipf", "seed": seed,
+                                        "iterations": its, "baselines": {}})
+        (d / "config.yaml").write_text(C.dump(C.build(overrides=[f"seed={seed}", *overrides])))
+        return str(d)
+
+    def report(*dirs):
+        return subprocess.run([sys.executable, "-m", "sitf_ray.cli", "report", *dirs, "--out", str(tmp_path / "rep")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    a, b = run("a", 0), run("b", 1)
+    oracle, again = run("oracle", 1, "labeling.mode=oracle"), run("again", 0)
+    ok = report(a, b)
+    assert ok.returncode == 0 and "(2 seeds: 0, 1" in ok.stdout, ok.stderr
+    r = report(a, oracle)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.strip().splitlines() == [f"error: {a} and {oracle} are not seeds of one recipe: their configs "
+                                             f"differ in labeling.mode ('binary' vs 'oracle')"], r.stderr
+    r = report(a, again)
+    assert r.returncode == 2 and f"{a} and {again} both ran seed 0" in r.stderr
+
+
+def test_every_method_runs_end_to_end_through_compare(m0_run, tmp_path, ray_session):
+    """`sitf-ray compare CFG --methods sipf-dpo,rft,sft` (one iteration from the shared M_0): each method does
+    what defines it. DPO ("w/o OR"): a dpo fit, no NLL term; RFT: SFT on exactly its own correct, distinct
+    samples; the sft control: the gold rows, for exactly the main method's optimizer steps."""
+    base = TEST_OVERRIDES + [o for o in MINI if not o.startswith(("iterations=", "baselines="))] + ["iterations=1"]
+    cfg_path = tmp_path / "mini.yaml"
+    cfg_path.write_text(C.dump(C.build(overrides=base)))
+    d = copy_m0(m0_run, tmp_path / "run")
+    (d / "config.yaml").write_text(C.dump(C.load(cfg_path, ["method=sipf-dpo", "baselines=[rft,sft]"])))
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "sitf_ray.cli", "compare", str(cfg_path), "--methods", "sipf-dpo,rft,sft",
+                        "--out", str(d)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = read_json(d / "results.json")
+    assert res["method"] == "sipf-dpo" and set(res["baselines"]) == {"rft", "sft"}
+    assert "w/o OR (process feedback, DPO)" in r.stdout and "RFT (own correct samples)" in r.stdout
+    dpo = read_json(d / "iter_01" / "train.json")
+    keys = set().union(*(h["step_log"] for h in dpo["history"]))
+    assert dpo["objective"] == "dpo" and dpo["steps"] > 0 and "margin" in keys
+    assert not any("nll" in k or "log_odds" in k for k in keys), keys         # no NLL, no odds-ratio term
+    rft = d / "baselines" / "rft" / "iter_01"
+    samples = read_jsonl(rft / "samples.jsonl")
+    rows = pd.concat([pd.read_parquet(f) for f in sorted((rft / "pairs").glob("*.parquet"))])
+    assert sorted(rows["completion"]) == sorted(s["path"] for s in samples if s["correct"])
+    assert read_json(rft / "train.json")["objective"] == "sft"
+    sft = read_json(d / "baselines" / "sft" / "iter_01" / "train.json")
+    cfg = C.load(d / "config.yaml")
+    gold = [r_ for r_ in ARITH.load("sft", cfg.task) if ARITH.target(r_)]
+    assert sft["objective"] == "sft" and sft["rows"] == len(gold)
+    assert sft["steps"] == sft["matched_steps"] == dpo["steps"]
+

@@ -1,13 +1,14 @@
-"""Reliability: faults (dead actors, dead trainers, dead drivers), bad input, hostile code, load, fuzz."""
+"""Reliability: faults (dead actors, dead trainers, dead drivers), bad input, hostile code (serve load and the
+schema fuzz are in test_serve.py, on its Serve app)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import ray
@@ -49,20 +50,28 @@ def test_train_worker_killed_mid_epoch_resumes_from_checkpoint(m0, tmp_path, ray
         ckpts = tmp_path / "rt" / SESSION_NAME     # the session's checkpoints, named <job>__epochNNN
         deadline = time.time() + 300
         while time.time() < deadline:
-            if ckpts.exists() and any(p.name.startswith("hurt__epoch") for p in ckpts.iterdir()):
+            # an epoch checkpoint of this fit is registered (Ray Train's own snapshot names it as the latest;
+            # its folder appears earlier, while it is still being reported): the workers are in a later epoch
+            snap = ckpts / "checkpoint_manager_snapshot.json"
+            latest = ((json.loads(snap.read_text()).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name", "")
+                      if snap.exists() else "")
+            if latest.startswith("hurt__epoch"):
                 pids = _train_worker_pids()
                 if pids:
-                    time.sleep(0.5)     # inside epoch 2
+                    killed["before"] = set(pids)
                     os.kill(pids[-1], signal.SIGKILL)
                     killed["pid"] = pids[-1]
                     return
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     th = threading.Thread(target=killer)
     th.start()
     hurt = fit(job("hurt"), {"train": ray.data.from_items(rows)})
     th.join()
     assert killed, "the worker was never killed (training finished too fast?)"
+    assert hurt.restored_from_epoch >= 1, "the fit did not restore from its epoch checkpoint"
+    assert killed["pid"] not in _train_worker_pids(), "the killed worker is still listed"
+    assert clean.restored_from_epoch == 0
     a, b = load_file(f"{clean.out_dir}/model.safetensors"), load_file(f"{hurt.out_dir}/model.safetensors")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"\nkilled Ray Train worker pid {killed['pid']}; max |w_clean - w_resumed| = {diff:.2e}")
@@ -81,17 +90,19 @@ def test_prm_scorer_killed_mid_scoring_loses_nothing(mini_run, ray_session):
     pool = scorer_pool(replicas=2, cpus=1)
     try:
         pool.broadcast("load", str(d / "iter_01" / "prm"), 256)
-        t0 = time.time()
         want = pool.map("score", items, 8)
-        once = time.time() - t0
         out = {}
         th = threading.Thread(target=lambda: out.update(r=pool.map("score", items, 8)))
         th.start()
         # kill a replica while the second request is under way: a fixed sleep lost the race on a fast CPU (the
-        # whole request took under 0.5 s), so wait only for the request to start, then a tenth of its duration
+        # whole request took under 0.5 s), so wait for the request to start and a first chunk to come back
         while pool.stats.requests < 2:
             time.sleep(0.005)
-        time.sleep(once / 10)
+        done = pool.stats.done_chunks
+
+        while pool.stats.done_chunks == done:      # a chunk came back: the request is part-way
+
+            time.sleep(0.005)
         ray.kill(pool.actors[1], no_restart=True)
         th.join(timeout=300)
         assert out["r"] == want and pool.stats.restarts == 1 and pool.stats.reissued_chunks >= 1
@@ -232,145 +243,8 @@ def test_hostile_programs_never_pass_and_never_harm(tmp_path, monkeypatch):
     report = {name: r.status for (name, _), r in zip(progs * 2, results)}
     print(f"\n{len(results)} hostile programs in {dt:.1f} s ({len(results) / dt:.1f} programs/s): {report}")
     assert all(r.status != "passed" for r in results), report
-    if bwrap_available():   # isolation: no loopback connection, nothing written or deleted outside
-        assert not got_connection and not outside.exists() and victim.read_text() == "keep me"
-    assert os.getpid() and threading.main_thread().is_alive()   # we are still here
-
-
-# --------------------------------------------------------------------------------------- serve: load, fuzz
-
-@pytest.fixture(scope="module")
-def api(mini_run, ray_session):
-    from ray import serve
-
-    from sitf_ray.serving.app import start
-    d, _ = mini_run
-    url = start(str(d), port=free_port(), name="sitf-reliability")
-    yield url
-    serve.shutdown()
-
-
-def test_serve_under_bounded_loopback_load(api):
-    """16 concurrent clients for 30 s on loopback: no errors; latency percentiles reported."""
-    import requests
-    body = {"prompt": "Question: Ann has 5 pens, buys 3 more. How many pens now?\nAnswer:\n", "max_tokens": 32,
-            "temperature": 1.0}
-    stop_at = time.time() + 30
-    lat, errors = [], []
-
-    def client():
-        s = requests.Session()
-        while time.time() < stop_at:
-            t = time.time()
-            try:
-                r = s.post(f"{api}/v1/completions", json=body, timeout=60)
-                if r.status_code != 200:
-                    errors.append(r.status_code)
-            except Exception as e:  # connection errors count as failures
-                errors.append(repr(e))
-            lat.append(time.time() - t)
-
-    with ThreadPoolExecutor(16) as ex:
-        list(ex.map(lambda _: client(), range(16)))
-    lat.sort()
-    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"\nserve load: {len(lat)} requests from 16 clients in 30 s ({len(lat) / 30:.1f} req/s), "
-          f"p50 {1000 * p50:.0f} ms, p99 {1000 * p99:.0f} ms, errors {len(errors)}")
-    assert not errors and len(lat) >= 16
-
-
-# The fuzz draws the same cases on every run (CI must not be a coin toss). Fresh randomness, on demand:
-#   SITF_FUZZ_SEED=random pytest tests/test_reliability.py -k fuzz -s     (prints the seed it drew)
-#   SITF_FUZZ_SEED=<n> ... replays one; SITF_FUZZ_EXAMPLES=<k> draws k cases per operation (default 25).
-FUZZ_SEED = 14_2025
-
-# The cases are drawn in a fresh interpreter that imports only schemathesis: with a fixed seed its draws
-# still depend on the drawing process's memory layout (checked: allocating objects, or importing more
-# modules, before drawing changes the cases), so drawing inside the test session would tie them to
-# whichever tests ran first.
-DRAW = """
-import json, sys
-import schemathesis
-from hypothesis import HealthCheck, given, seed, settings
-url, rng_seed, examples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-cases = []
-def keep(case):
-    body = None if type(case.body).__name__ == "NotSet" else case.body
-    cases.append({"method": case.method, "path": case.formatted_path, "body": body})
-for op in schemathesis.openapi.from_url(url).get_all_operations():
-    run = settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
-                   database=None)(given(op.ok().as_strategy())(keep))
-    seed(rng_seed)(run)()
-json.dump(cases, sys.stdout, default=repr)
-"""
-
-
-def _fuzz_seed() -> int:
-    v = os.environ.get("SITF_FUZZ_SEED", "").strip()
-    if v == "random":
-        import random
-        return random.SystemRandom().randrange(2**32)
-    return int(v) if v else FUZZ_SEED
-
-
-def draw_cases(url: str, rng_seed: int, examples: int) -> list[dict]:
-    """schemathesis' requests for every operation of the published schema: [{method, path, body}]."""
-    import json
-    r = subprocess.run([sys.executable, "-c", DRAW, f"{url}/openapi.json", str(rng_seed), str(examples)],
-                       capture_output=True, text=True, timeout=600, check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
-
-
-def _prompt_texts(body) -> list[str]:
-    if not isinstance(body, dict):
-        return []
-    p = body.get("prompt", body.get("question"))
-    out = [p] if isinstance(p, str) else [x for x in p if isinstance(x, str)] if isinstance(p, list) else []
-    for m in body.get("messages") or []:
-        if isinstance(m, dict) and isinstance(m.get("content"), str):
-            out.append(m["content"])
-    return out
-
-
-# Edges random draws rarely reach: over the context in tokens (256 on the tiny model), over it only with
-# max_tokens, non-ASCII and control text, lone surrogates, empty strings, streaming.
-LONG = "7 * 8 = 56\n" * 60                       # ~420 tokens, 660 characters (under the 8000-character limit)
-FUZZ_EDGES = {
-    "/v1/completions": [{"prompt": LONG}, {"prompt": "1 + " * 100, "max_tokens": 200}, {"prompt": ["ok", LONG]},
-                        {"prompt": "ünïcødé ✓ 数学 😀 " * 20}, {"prompt": "\x00\u200b\ufeff"}, {"prompt": "\ud800"},
-                        {"prompt": ""}, {"prompt": [""]}, {"prompt": LONG, "stream": True},
-                        {"prompt": "x", "stop": ["\ud800"]}],
-    "/v1/chat/completions": [{"messages": [{"role": "user", "content": LONG}]},
-                             {"messages": [{"role": "user", "content": "数学 " * 150}]},
-                             {"messages": [{"role": "user", "content": "1 + " * 100}], "max_tokens": 200},
-                             {"messages": [{"role": "user", "content": ""}]}, {"messages": []},
-                             {"messages": [{"role": "user", "content": LONG}], "stream": True},
-                             {"messages": [{"role": "assistant", "content": "x"}]}],
-    "/v1/solve": [{"question": LONG}, {"question": "ünïcødé " * 10, "n": 2}, {"question": "\ud800"}],
-    "/v1/score": [{"question": LONG, "solution": LONG * 5}, {"question": "数学", "steps": ["∑", "😀"]}],
-}
-
-
-def test_openapi_fuzz_never_5xx(api):
-    """Requests drawn by schemathesis from the published OpenAPI schema from a fixed seed (see above), plus
-    the fixed edge cases: no response is a server error. The same seed draws the same requests."""
-    import requests
-    rng_seed, examples = _fuzz_seed(), int(os.environ.get("SITF_FUZZ_EXAMPLES", "25"))
-    drawn = draw_cases(api, rng_seed, examples)
-    assert draw_cases(api, rng_seed, examples) == drawn            # deterministic: CI is not a coin toss
-    edges = [{"method": "POST", "path": p, "body": b} for p, bodies in FUZZ_EDGES.items() for b in bodies]
-    seen = {"status": {}, "non_ascii": 0, "long": 0}
-    s = requests.Session()
-    for i, case in enumerate(drawn + edges):
-        kw = {} if case["body"] is None else {"json": case["body"]}
-        r = s.request(case["method"], api + case["path"], timeout=120, **kw)
-        seen["status"][r.status_code] = seen["status"].get(r.status_code, 0) + 1
-        texts = _prompt_texts(case["body"])
-        seen["non_ascii"] += i < len(drawn) and any(not t.isascii() for t in texts)
-        seen["long"] += any(len(t) > 300 for t in texts)
-        assert r.status_code < 500, (case, r.status_code, r.text[:300], f"SITF_FUZZ_SEED={rng_seed}")
-    print(f"\nschema fuzz (SITF_FUZZ_SEED={rng_seed}, {examples} per operation): {len(drawn)} drawn requests "
-          f"({seen['non_ascii']} with non-ASCII text) + {len(edges)} edge cases; status counts {seen['status']}")
-    assert len(drawn) >= 50 and seen["non_ascii"] >= 1
-    assert seen["long"] >= 8 and seen["status"].get(400, 0) >= 8   # the context limit was really reached
+    # isolation (docs/RELIABILITY.md: every promise runs against bubblewrap): fails, never skips, without it
+    assert bwrap_available() and all(r.isolated for r in results), "bubblewrap is missing or cannot isolate here"
+    assert not got_connection, "a sandboxed program reached a loopback port"
+    assert not outside.exists(), "a sandboxed program wrote outside its directory"
+    assert victim.exists() and victim.read_text() == "keep me", "a sandboxed program changed or deleted a file"

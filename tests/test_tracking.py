@@ -78,6 +78,10 @@ def test_tensorboard_shows_every_curve_of_the_run(mini_run):
         assert cur["eval/strict_accuracy"][-1][1] == pytest.approx(its[-1]["strict_accuracy"], abs=1e-6)
         assert cur["eval/accuracy"][-1][0] == max(s for pts in cur.values() for s, _ in pts)
         assert [v for _, v in cur["sample/kept"]] == [r["sample_kept"] for r in its[1:]]
+        # the same eval figures against the iteration (a TensorBoard run of its own): arms compare at equal k
+        by_k = scalars(d / "tensorboard" / f"{method}-seed0" / "by_iteration")
+        assert set(by_k) == {"eval/accuracy", "eval/strict_accuracy"}
+        assert by_k["eval/accuracy"] == [(k, pytest.approx(r["accuracy"], abs=1e-6)) for k, r in enumerate(its)]
     st = read_json(d / "tracking.json")
     assert st["tensorboard"]["sipf"]["artifacts"], "plots not logged"
 
@@ -100,6 +104,9 @@ def test_mlflow_holds_the_same_figures(mini_run):
             hist = client.get_metric_history(r.info.run_id, tag)
             assert [(m.step, m.value) for m in hist] == [(s, pytest.approx(v, rel=1e-6, abs=1e-7))
                                                           for s, v in cur[tag]], tag
+        by_k = client.get_metric_history(r.info.run_id, "eval_by_iteration/accuracy")
+        assert [(m.step, m.value) for m in by_k] == [(s, pytest.approx(v, abs=1e-6)) for s, v in scalars(
+            d / "tensorboard" / f"{method}-seed0" / "by_iteration")["eval/accuracy"]]
     arts = {a.path for a in client.list_artifacts(runs["sipf-seed0"].info.run_id, "plots")}
     assert "plots/accuracy.png" in arts
 
@@ -172,9 +179,21 @@ def test_points_of_a_run_are_one_rising_axis(tmp_path):
     assert part == pts[:len(part)] and len(part) < len(pts)
 
 
-def test_resumed_tracking_equals_uninterrupted(tmp_path):
+def test_resumed_tracking_equals_uninterrupted(tmp_path, monkeypatch):
     """Interrupted twice (between iterations, and by a crash after writing points but before recording
-    them), then resumed in a new tracker: TensorBoard and MLflow hold exactly the uninterrupted run's points."""
+    them), then resumed in a new tracker: TensorBoard and MLflow hold exactly the uninterrupted run's points.
+
+    The three trackers stand for three processes: each names its event files as a process started a minute
+    after the last would (TensorBoard reads a run's files in name order: time, host, pid, then a counter that
+    only one process shares; within one process and second, a 10th file sorted before a 4th)."""
+    from tensorboard.summary.writer import event_file_writer
+    started = [1_800_000_000.0]
+
+    def new_process():
+        started[0] += 60.0
+        monkeypatch.setattr(event_file_writer, "time", type("T", (), {"time": staticmethod(lambda: started[0])}))
+
+    new_process()
     ref = tmp_path / "ref"
     cfg = fake_run(ref, "[tensorboard,mlflow]")
     tracking.sync(ref, cfg)
@@ -184,12 +203,14 @@ def test_resumed_tracking_equals_uninterrupted(tmp_path):
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     shutil.move(str(d / "iter_02"), hidden / "iter_02")
+    new_process()
     t = tracking.Tracker(d, cfg)                   # process 1: up to iteration 1, then stopped cleanly
     for m in ("sipf", "outcome"):
         t.update(m)
     t.close()
     shutil.move(str(hidden / "iter_02"), d / "iter_02")
 
+    new_process()
     t = tracking.Tracker(d, cfg)                   # process 2: writes iteration 2, dies before recording it
     before = {(n, m): t.state[n][m]["logged"] for n in ("tensorboard", "mlflow") for m in ("sipf", "outcome")}
     for m in ("sipf", "outcome"):
@@ -200,6 +221,7 @@ def test_resumed_tracking_equals_uninterrupted(tmp_path):
     t._save()
     t.open.clear()                                 # killed: nothing closed
 
+    new_process()
     t = tracking.Tracker(d, cfg)                   # process 3: `sitf-ray resume`
     for m in ("sipf", "outcome"):
         t.update(m)
@@ -209,6 +231,8 @@ def test_resumed_tracking_equals_uninterrupted(tmp_path):
         a, b = scalars(ref / "tensorboard" / f"{m}-seed0"), scalars(d / "tensorboard" / f"{m}-seed0")
         assert a == b, m
         assert len(b["train/loss"]) == len(set(s for s, _ in b["train/loss"]))
+        a, b = (scalars(r / "tensorboard" / f"{m}-seed0" / "by_iteration") for r in (ref, d))
+        assert a == b and [k for k, _ in b["eval/accuracy"]] == [0, 1, 2], (m, b)
     from mlflow.tracking import MlflowClient
 
     def mlflow_points(root):
@@ -247,3 +271,48 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
     assert len(runs) == 2, list((tmp_path / "wandb").iterdir())      # sipf and outcome
     assert all(list(r.glob("*.wandb")) for r in runs)
     assert not math.isnan(read_json(tmp_path / "tracking.json")["wandb"]["sipf"]["logged"])
+    # the values, read back from W&B's own record of each run (its history records in the .wandb file)
+    for method in ("sipf", "outcome"):
+        pts = tracking.method_points(tmp_path, method, cfg.method)
+        want = [v for _, t, v in pts if t == "eval/accuracy"]
+        got = wandb_history(next(r for r in runs if wandb_run_name(r) == f"{method}-seed0"), "eval/accuracy")
+        assert got == pytest.approx(want), method
+
+
+def wandb_records(run_dir: Path):
+    """The records of an offline W&B run: its .wandb file (a LevelDB-style log of 32 KiB blocks after a 7-byte
+    ':W&B' header, each record split into FULL/FIRST/MIDDLE/LAST pieces) parsed with W&B's own protobuf schema."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:                  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += 32768 - pos % 32768
+            continue
+        piece, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        buf = piece if kind in (1, 2) else buf + piece
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            yield rec
+
+
+def wandb_run_name(run_dir: Path) -> str:
+    return next(r.run.display_name for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")
+
+
+def wandb_history(run_dir: Path, key: str) -> list[float]:
+    import json
+    out = []
+    for r in wandb_records(run_dir):
+        if r.WhichOneof("record_type") == "history":
+            out += [json.loads(item.value_json) for item in r.history.item if item.key == key or
+                    "/".join(item.nested_key) == key]
+    return out

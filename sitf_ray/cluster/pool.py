@@ -25,6 +25,7 @@ from sitf_ray.cluster.precision import announce
 from sitf_ray.cluster.ray_init import ACTOR_ENV
 from sitf_ray.cluster.scheduling import wait_placement_group
 from sitf_ray.runs.artifacts import atomic_write_bytes
+from sitf_ray.runs.console import check_interrupt
 from sitf_ray.runs.progress import progress
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,13 @@ def chunk_seed(seed: int, index: int) -> int:
 
 @dataclass
 class PoolStats:
+    """What a pool has done over its lifetime: requests (map calls), their chunks, replica restarts, chunks
+    issued again after a replica died, and chunks whose results came back."""
     requests: int = 0
     chunks: int = 0
     restarts: int = 0
     reissued_chunks: int = 0
+    done_chunks: int = 0          # chunks whose results came back (over all requests)
 
 
 class ReplicaPool:
@@ -100,6 +104,7 @@ class ReplicaPool:
         pending = {getattr(a, method).remote(*refs): i for i, a in enumerate(self.actors)}
         out: list = [None] * len(self.actors)
         while pending:
+            check_interrupt()
             done, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(done[0])
             try:
@@ -142,11 +147,13 @@ class ReplicaPool:
                     if todo:
                         submit(i)
             while busy:
+                check_interrupt()      # a Ctrl-C a library swallowed stops the call between chunks
                 done, _ = ray.wait(list(busy), num_returns=1)
                 ref = done[0]
                 i, c = busy.pop(ref)
                 try:
                     results[c] = ray.get(ref)
+                    self.stats.done_chunks += 1
                 except _ACTOR_FAILURES:
                     # Every chunk queued on the dead replica is lost: requeue all of them, once each.
                     lost = [c] + [cc for r, (ii, cc) in list(busy.items()) if ii == i]

@@ -51,7 +51,10 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     kw: dict = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
     address = os.environ.get("RAY_ADDRESS", "")
-    console.before_init(num_cpus, local=not address, quiet=quiet)
+    # a local cluster's worker start-up concurrency follows the CPUs it declares: the resolved number (with
+    # cluster.num_cpus unset it was None, Ray kept its default of 2 on 2 cores, and the quickstart's console
+    # showed "(raylet) WARNING: 8 PYTHON worker processes have been started ...")
+    console.before_init(num_cpus if address else local_cpus(num_cpus), local=not address, quiet=quiet)
     if address:
         _check_reachable(address)
         try:

@@ -16,8 +16,9 @@ import ray.data
 from sitf_ray import methods
 from sitf_ray.feedback.labeling import label_samples, trl_stepwise, versus_oracle
 from sitf_ray.feedback.pairs import build_pairs
-from sitf_ray.feedback.quality import aggregate, auc
+from sitf_ray.feedback.quality import auc
 from sitf_ray.feedback.scorers import scorer_pool
+from sitf_ray.feedback.scoring import path_scores
 from sitf_ray.feedback.verifier import ensure_verifier
 from sitf_ray.rollout.policy_folder import read_policy_meta
 from sitf_ray.rollout.stages import ensure_pool, make_pool
@@ -30,7 +31,6 @@ from sitf_ray.runs.artifacts import (
 )
 from sitf_ray.runs.context import Context, drop_partial, stage_seed
 from sitf_ray.runs.progress import summary
-from sitf_ray.tasks.base import passes_step_check
 from sitf_ray.train.model_sources import resolve_source
 from sitf_ray.train.session import fit
 from sitf_ray.train.stages import fit_job, lora_kwargs, train_storage
@@ -132,13 +132,11 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     ctx.scorers.broadcast("load", str(prm), cfg.prm.max_len)
     items = [{"prompt": ctx.task.prompt(ctx.by_id[s["qid"]]), "steps": s["steps"]} for s in samples]
     step_scores = ctx.scorers.map("score", items, 64, desc="PRM score", unit="path")
-    if cfg.prm.check_steps:
-        step_scores = [checked_scores(ctx.task, s["steps"], sc) for s, sc in zip(samples, step_scores)]
     scored = []
-    for s, sc in zip(samples, step_scores):
+    for s, (sc, reward) in zip(samples, path_scores(ctx.task, [s["steps"] for s in samples], step_scores, cfg.prm)):
         scored.append({"id": s["id"], "qid": s["qid"], "prompt": ctx.task.prompt(ctx.by_id[s["qid"]]),
                        "path": s["path"], "steps": s["steps"], "correct": s["correct"], "step_scores": sc,
-                       "reward": aggregate(sc, cfg.prm.aggregate)})
+                       "reward": reward})
     write_jsonl(it / "scored.jsonl", scored)
     # PRM quality: step AUC on held-out questions against MC labels and the oracle (when there is one).
     held = set(read_json(it / "prm_train.json")["holdout_questions"])
@@ -160,14 +158,6 @@ def stage_score(ctx: Context, it: Path, led: Ledger, samples: list[dict], labels
     led.mark("score", ["scored.jsonl"], seconds=dt, paths=len(scored), **q)
     summary("score", dt, paths=len(scored), **(q | why))
     return scored
-
-
-def checked_scores(task, steps: list[str], scores: list[float]) -> list[float]:
-    """PRM step scores with the calculator's verdict on top (prm.check_steps): a step whose own text fails
-    the task's step checker (tasks/equations.py) scores 0.0, the others keep the PRM's probability. The PRM
-    of a 0.95M policy ranks paths by question more than by arithmetic (docs/RESULTS.md section 8.1); the
-    official SIPF code drops GSM8K samples with a false calculator annotation for the same reason."""
-    return [p if passes_step_check(task, st) else 0.0 for st, p in zip(steps, scores)]
 
 
 def auc_figure(scores: list[float], labels: list[int]) -> tuple[float, Optional[str]]:

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from sitf_ray.runs.console import check_interrupt
+
 
 class ArtifactError(RuntimeError):
     pass
@@ -135,6 +137,7 @@ class Ledger:
                 del self.data[later]
         self.data[stage] = {"artifacts": arts, "figures": figures}
         write_json(self.path, self.data)
+        check_interrupt()      # a Ctrl-C during the stage stops the run here at the latest, the stage recorded
 
 
 class RunClock:

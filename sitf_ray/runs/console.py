@@ -19,7 +19,9 @@ A user's own value of any of these environment variables wins.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -70,3 +72,31 @@ def log_lines() -> list[str]:
     if not d:
         return []
     return [f"Ray's own logs (this console shows only sitf-ray's): {d}  (ray-data/, train/, worker-*.out)"]
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+
+# A Ctrl-C is remembered as well as raised. Python raises KeyboardInterrupt wherever the main thread happens to
+# be; raised inside a callback that C code runs (a finalizer, a library's callback), it is printed as
+# "Exception ignored" and lost, and the run went on to the end (issue 29: exit 0 instead of 130). With the
+# flag set, the next check (a pool's chunk, a fit's poll, a recorded stage) raises it again.
+INTERRUPTED = threading.Event()
+
+
+def on_sigint(signum, frame) -> None:
+    """SIGINT handler of every sitf-ray command: remember the interrupt, then raise KeyboardInterrupt."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def install_sigint() -> None:
+    """Make `on_sigint` the SIGINT handler (main thread only, as Python requires)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C arrived since the command started (even one a library swallowed)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import yaml
+
 from sitf_ray.methods import label as method_label
 from sitf_ray.runs.artifacts import Ledger, atomic_write_text, read_json, read_jsonl
 
@@ -79,8 +81,44 @@ def seeds_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_recipe(dirs: list[str | Path]) -> None:
+    """Refuse to average runs as seeds unless they are seeds of one recipe: their config.yaml files may differ
+    in `seed` only (and `storage`; `task.arith.data_seed` where it follows each run's seed), and no seed may
+    come twice. Raises UsageError with one line naming the runs and the differing keys (or the seed)."""
+    from sitf_ray import config as C
+    flats = [_flat(yaml.safe_load((Path(d) / "config.yaml").read_text())) for d in dirs]
+    for f in flats:                        # a data seed that follows the run's seed is part of the seed
+        if f.get("task.arith.data_seed") == f.get("seed"):
+            f["task.arith.data_seed"] = "=seed"
+    seen: dict = {}
+    for d, f in zip(dirs, flats):
+        if f["seed"] in seen:
+            raise C.UsageError(f"{seen[f['seed']]} and {d} both ran seed {f['seed']}: a mean over seeds needs "
+                               f"distinct seeds")
+        seen[f["seed"]] = d
+    ignore = {"seed", "storage"}
+    for d, f in zip(dirs[1:], flats[1:]):
+        keys = sorted(k for k in set(f) | set(flats[0]) if k not in ignore and f.get(k) != flats[0].get(k))
+        if keys:
+            shown = ", ".join(f"{k} ({flats[0].get(k)!r} vs {f.get(k)!r})" for k in keys[:5])
+            raise C.UsageError(f"{dirs[0]} and {d} are not seeds of one recipe: their configs differ in {shown}"
+                               + (f" and {len(keys) - 5} more" if len(keys) > 5 else ""))
+
+
 def write_seeds_report(dirs: list[str | Path], out: str | Path) -> Path:
-    """Several seeds of one config: seeds.md (mean +- sd table) and plots/accuracy.png (sd error bars)."""
+    """Several seeds of one config: seeds.md (mean +- sd table) and plots/accuracy.png (sd error bars).
+    Raises UsageError when the runs are not seeds of one recipe (check_same_recipe)."""
+    check_same_recipe(dirs)
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     results = [read_json(Path(d) / "results.json") for d in dirs]

@@ -179,6 +179,7 @@ def flat_config(cfg) -> dict:
 
 class _Backend:
     name = ""
+    purge_iteration: Optional[int] = None     # TensorBoard's by_iteration run: its purge step after a crash
 
     def __init__(self, root: Path, cfg, method: str, state: dict):
         self.root, self.cfg, self.method, self.state = root, cfg, method, state
@@ -195,13 +196,28 @@ class _Backend:
         return ""
 
 
+def iteration_points(pts: list) -> list[tuple[int, str, float]]:
+    """The eval figures among `pts` again, on the iteration axis: (k, 'eval/accuracy', value), so that methods
+    compare at the same iteration (on the step axis a method's points sit where its optimizer steps put them:
+    SIPF's include its PRM fits). An eval's points always come in one batch, its 'eval/iteration' with them."""
+    k_at = {step: int(v) for step, tag, v in pts if tag == "eval/iteration"}
+    return [(k_at[step], tag, v) for step, tag, v in pts if tag.startswith("eval/") and tag != "eval/iteration"
+            and step in k_at]
+
+
 class TensorBoard(_Backend):
+    """Event files in DIR/tensorboard/<method>-seed<S>/ (the step axis) and .../by_iteration/ (the eval
+    figures against the iteration: TensorBoard shows it as a run of its own, `<method>-seed<S>/by_iteration`,
+    so arms compare at the same iteration). Each reopens with its own purge step after a crash."""
     name = "tensorboard"
 
     def open(self, purge_step: Optional[int]):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(self.root / "tensorboard" / self.run_name), purge_step=purge_step,
                                     flush_secs=30)
+        self.by_iteration = SummaryWriter(str(self.root / "tensorboard" / self.run_name / "by_iteration"),
+                                          purge_step=self.purge_iteration, flush_secs=30)
+
 
     def params(self, flat, config_text):
         from torch.utils.tensorboard.summary import hparams
@@ -213,9 +229,12 @@ class TensorBoard(_Backend):
     def log(self, pts):
         for step, tag, value in pts:
             self.writer.add_scalar(tag, value, step)
+        for k, tag, value in iteration_points(pts):
+            self.by_iteration.add_scalar(tag, value, k)
 
     def flush(self):
         self.writer.flush()
+        self.by_iteration.flush()
 
     def artifacts(self, plots, report, step):
         import numpy as np
@@ -228,6 +247,7 @@ class TensorBoard(_Backend):
 
     def close(self, finished):
         self.writer.close()
+        self.by_iteration.close()
 
     def where(self):
         return f"tensorboard --logdir {self.root}"
@@ -280,6 +300,8 @@ class MLflow(_Backend):
             self.dirty = False
         ts = int(time.time() * 1000)
         ms = [Metric(tag, value, ts, step) for step, tag, value in pts]
+        # the eval figures on the iteration axis too (MLflow plots any metric against its own steps)
+        ms += [Metric(tag.replace("eval/", "eval_by_iteration/"), value, ts, k) for k, tag, value in iteration_points(pts)]
         for i in range(0, len(ms), 1000):
             self.client.log_batch(self.run_id, metrics=ms[i:i + 1000])
 
@@ -308,6 +330,9 @@ class WandB(_Backend):
                               job_type=self.method, id=run_id, resume="allow", dir=str(self.root), mode=mode,
                               tags=[f"seed{self.cfg.seed}", self.cfg.task.name], reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off"))
+        # W&B keeps one rising step per run: the eval figures get the iteration as their x axis instead
+        self.run.define_metric("eval/iteration")
+        self.run.define_metric("eval/*", step_metric="eval/iteration")
 
     def params(self, flat, config_text):
         self.run.config.update({"method": self.method, **flat}, allow_val_change=True)
@@ -375,6 +400,9 @@ class Tracker:
                 first -= 1
             st["logged"], purge = first, pts[first][0]
         b = BACKENDS[name](self.root, self.cfg, method, st)
+        # the iteration axis restarts where the step axis does: at the first eval at or after its purge step
+        b.purge_iteration = None if purge is None else next(
+            (int(v) for s, t, v in pts if t == "eval/iteration" and s >= purge), None)
         try:
             b.open(purge)
             if not st.get("params"):

@@ -155,6 +155,7 @@ class SolveRequest(_Req):
     n: int = Field(8, ge=1, le=LIMITS.max_n)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     max_tokens: Optional[int] = Field(None, ge=1, le=LIMITS.max_tokens)   # None: as many as fit, <= 256
+    return_candidates: bool = False      # also return every candidate with its reward ("all")
 
     @field_validator("question")
     @classmethod

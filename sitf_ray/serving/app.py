@@ -250,12 +250,13 @@ class SITFIngress(OpenAiIngress):
         return await self._process_llm_request(fwd, call_method="chat", raw_request=request)
 
     def _scored(self, question: str, paths: list[list[str]]) -> list[dict]:
-        """PRM step scores and path reward of each path (one batch)."""
-        from sitf_ray.feedback.quality import aggregate
+        """Step scores and path reward of each path (one batch), scored as the run scored its samples
+        (feedback/scoring.py: the calculator's verdict on top where the run used it)."""
+        from sitf_ray.feedback.scoring import path_scores
         prompt = task_prompt(self.task, question)
         scores = self.prm.score([{"prompt": prompt, "steps": steps} for steps in paths])
-        return [{"steps": [{"text": s, "score": sc} for s, sc in zip(steps, sc_)],
-                 "reward": aggregate(sc_, self.cfg.prm.aggregate)} for steps, sc_ in zip(paths, scores)]
+        return [{"steps": [{"text": s, "score": sc} for s, sc in zip(steps, sc_)], "reward": reward}
+                for steps, (sc_, reward) in zip(paths, path_scores(self.task, paths, scores, self.cfg.prm))]
 
     async def solve(self, body: SolveRequest, request: Request):
         self._auth(request)
@@ -268,8 +269,11 @@ class SITFIngress(OpenAiIngress):
         scored = await asyncio.to_thread(self._scored, body.question, paths)
         cands = [s | {"text": t} for s, t in zip(scored, texts)]
         best = max(cands, key=lambda x: x["reward"])
-        return {"answer": self.task.extract_answer(best["text"]), "reward": best["reward"], "steps": best["steps"],
-                "candidates": len(cands), "model": self.model_id}
+        out = {"answer": self.task.extract_answer(best["text"]), "reward": best["reward"], "steps": best["steps"],
+               "candidates": len(cands), "model": self.model_id}
+        if body.return_candidates:     # every candidate as scored, in sampling order: the rerank can be checked
+            out["all"] = [{"text": c["text"], "reward": c["reward"], "steps": c["steps"]} for c in cands]
+        return out
 
     async def score(self, body: ScoreRequest, request: Request):
         self._auth(request)

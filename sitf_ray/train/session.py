@@ -37,6 +37,7 @@ import ray
 from sitf_ray.cluster.precision import announce
 from sitf_ray.cluster.scheduling import Watchdog
 from sitf_ray.runs import progress as prog
+from sitf_ray.runs.console import check_interrupt
 from sitf_ray.train.worker import final_checkpoint_name, session_loop
 
 SESSION_NAME = "train-session"     # one per storage folder (a run's ray_train/); stable across driver restarts
@@ -78,6 +79,7 @@ class FitResult:
     first_step_at: Optional[float] = None   # wall clock (time.time()) of the first optimizer step (this run)
     last_step_at: Optional[float] = None
     precision: Optional[dict] = None        # precision.Decision.as_dict() of the training workers (rank 0)
+    restored_from_epoch: int = 0            # the epoch checkpoint the fit resumed from after a failure (0: none)
 
 
 # ------------------------------------------------------------------------------------------ job board
@@ -204,6 +206,7 @@ class TrainSession:
             seq = ray.get(self.board.post.remote(payload, shards))
             dog = None if ray.get(self.board.ready_at.remote()) else self.watchdog()
             while True:
+                check_interrupt()
                 out = ray.get(self.board.outcome.remote(seq, 1.0))
                 if out is not None:
                     break
@@ -258,7 +261,8 @@ def _collect(job: FitJob, final_uri: str, t0: float) -> FitResult:
     announce(info.get("precision"), "train workers")     # rank 0's choice, made on its node; once per run
     return FitResult(out_dir=str(out), steps=info["steps"], epochs=info["epochs"], seconds=time.time() - t0,
                      history=info["history"], best=info.get("best"), first_step_at=info.get("first_step_at"),
-                     last_step_at=info.get("last_step_at"), precision=info.get("precision"))
+                     last_step_at=info.get("last_step_at"), precision=info.get("precision"),
+                     restored_from_epoch=info.get("restored_from_epoch", 0))
 
 
 def split_dataset(ds, workers: int) -> list:

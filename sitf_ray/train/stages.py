@@ -168,7 +168,7 @@ def stage_sft_more(ctx: Context, it: Path, led: Ledger, k: int, prev: Path, step
     hp = {"lr": tc.lr, "epochs": 1, "max_steps": steps, "batch_size": tc.batch_size, "warmup_steps": tc.warmup_steps,
           "weight_decay": tc.weight_decay, "max_grad_norm": tc.max_grad_norm, "min_lr_ratio": 0.1}
     res = fit_policy(ctx, f"policy-sft-{k}-{cfg.seed}", prev, it / "policy", "sft", hp, rows)
-    write_json(it / "train.json", {"objective": "sft", "steps": res.steps, "epochs": res.epochs,
+    write_json(it / "train.json", {"objective": "sft", "steps": res.steps, "epochs": res.epochs, "rows": len(rows),
                                    "matched_steps": steps, "history": res.history, "seconds": res.seconds})
     led.mark("train", ["policy", "train.json"], seconds=time.time() - t0, steps=res.steps, matched_steps=steps)
     summary("train sft (matched steps)", time.time() - t0, steps=res.steps, target_steps=steps)

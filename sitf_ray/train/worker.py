@@ -187,6 +187,7 @@ class FitState:
     val_rows: list = field(default_factory=list)    # this worker's share of the validation rows
 
     start_epoch: int = 0        # checkpointed: first epoch still to run
+    restored_epoch: int = 0     # the epoch checkpoint this run of the fit was restored from (0: none)
     step: int = 0               # checkpointed: optimizer steps taken
     history: list = field(default_factory=list)     # checkpointed: one metrics dict per epoch
     best: Optional[dict] = None                     # checkpointed: {val_accuracy, epoch, step} of best_state
@@ -335,6 +336,7 @@ def restore(state: FitState, resume) -> None:
     state.opt.load_state_dict(saved["opt"])
     state.sched.load_state_dict(saved["sched"])
     state.start_epoch, state.step, state.history = saved["epoch"], saved["step"], saved["history"]
+    state.restored_epoch = saved["epoch"]
     state.best, state.best_state, state.bad_evals = saved["best"], saved["best_state"], saved["bad_evals"]
     torch.set_rng_state(saved["rng"])
     state.prof(f"resumed at epoch {state.start_epoch}")
@@ -489,7 +491,7 @@ def finish(state: FitState) -> None:
             save_final(s.model, s.tok, s.job, Path(d) / "model")
             info = {"steps": s.step, "epochs": len(s.history), "history": s.history, "best": s.best,
                     "first_step_at": s.first_step_at, "last_step_at": s.last_step_at,
-                    "precision": s.precision.as_dict()}
+                    "precision": s.precision.as_dict(), "restored_from_epoch": s.restored_epoch}
             (Path(d) / "fit_result.json").write_text(json.dumps(info))
         ray.train.report({"epoch": len(s.history), "final": 1},
                          checkpoint=Checkpoint.from_directory(d) if s.rank == 0 else None,
