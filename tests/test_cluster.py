@@ -70,7 +70,7 @@ def test_ray_job_submit_runs_a_tiny_training(ray_head, m0_run, tmp_path):
     env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
     t = time.time()
     p = subprocess.run([ray_bin, "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
-                        "--runtime-env-json", json.dumps({"excludes": [".venv", ".cache", "runs", ".git"]}),
+                        "--runtime-env-json", json.dumps({"excludes": ["/.venv", "/.cache", "/runs", "/.git"]}),
                         "--", sys.executable, "jobs/train.py", str(cfg_path), "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=900)
     print(f"\nray job submit: rc {p.returncode} in {time.time() - t:.0f} s")

@@ -3,6 +3,7 @@ at most 10 top-level modules, no function over 80 lines (the sandbox harness asi
 the folder its role names. Imports are read from the source with `ast`, lazy ones inside functions too."""
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,18 @@ def test_no_hidden_attribute_switches():
                      if isinstance(n, ast.Assign) and any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
                                                           and t.value.id in dug for t in n.targets)]
     assert not hits, hits
+
+
+def test_git_ignores_no_file_of_the_package():
+    """Every file of sitf_ray/ reaches a commit and a `ray job submit` upload: a .gitignore rule meant for run
+    outputs (`runs/`) also matched the package's sitf_ray/runs/, whose new modules were then never committed
+    (a clean clone failed with "No module named 'sitf_ray.runs.context'")."""
+    root = PKG.parent
+    if not (root / ".git").exists():
+        return          # an installed copy, not a checkout: nothing to commit from here
+    git = ["git", "-C", str(root), "ls-files", "--exclude-standard", "-i"]
+    untracked = subprocess.run(git + ["--others", "sitf_ray"], capture_output=True, text=True, check=True).stdout
+    tracked = subprocess.run(git + ["--cached", "sitf_ray"], capture_output=True, text=True, check=True).stdout
+    ignored = [f for f in (untracked + tracked).split() if "__pycache__" not in f and not f.endswith(".pyc")]
+    assert not ignored, f"files of the package that .gitignore matches: {ignored}"
+
