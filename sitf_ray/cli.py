@@ -115,13 +115,13 @@ def cmd_eval(a) -> int:
 
 def cmd_report(a) -> int:
     from sitf_ray.runs.artifacts import read_json
-    from sitf_ray.runs.report import check_same_recipe, seeds_table, table, write_report, write_seeds_report
+    from sitf_ray.runs.report import seeds_table, table, write_report, write_seeds_report
     for d in a.dir:
         _run_dir(d, "results.json", " (the run has not finished; `sitf-ray resume " + d + "` finishes it)")
     if len(a.dir) > 1:   # several seeds of one config: mean +- sd
-        check_same_recipe(a.dir)
+        out = write_seeds_report(a.dir, a.out or "runs/seeds-report")     # refuses runs of other recipes first
         print(seeds_table([read_json(Path(d) / "results.json") for d in a.dir]))
-        print(f"\nwrote {write_seeds_report(a.dir, a.out or 'runs/seeds-report')}")
+        print(f"\nwrote {out}")
         return 0
     out = write_report(a.dir[0])
     print(table(read_json(Path(a.dir[0]) / "results.json")))

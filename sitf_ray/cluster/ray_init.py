@@ -54,7 +54,9 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
     # a local cluster's worker start-up concurrency follows the CPUs it declares: the resolved number (with
     # cluster.num_cpus unset it was None, Ray kept its default of 2 on 2 cores, and the quickstart's console
     # showed "(raylet) WARNING: 8 PYTHON worker processes have been started ...")
-    console.before_init(num_cpus if address else local_cpus(num_cpus), local=not address, quiet=quiet)
+    if not address:
+        num_cpus = local_cpus(num_cpus)
+    console.before_init(num_cpus, local=not address, quiet=quiet)
     if address:
         _check_reachable(address)
         try:
@@ -62,7 +64,6 @@ def init_ray(num_cpus: Optional[int] = None, quiet: bool = True) -> dict:
         except ConnectionError as e:
             raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {e}") from None
     else:
-        num_cpus = local_cpus(num_cpus)
         # Token authentication stays on for a local cluster (Ray's default: its ports listen on every
         # interface, not only loopback); only Ray's notice that it is on by default is kept off the console.
         # A user's RAY_AUTH_MODE wins; a joined cluster keeps its own (docs/RELIABILITY.md).

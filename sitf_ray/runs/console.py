@@ -8,7 +8,7 @@ Only Ray's own settings are used:
 - Ray Data's usage collector (queries a Prometheus that local clusters do not run): off
   (`RAY_DATA_USAGE_DISABLED=1`).
 - Ray Core: `ray.init(log_to_driver=False, logging_level=WARNING)` (worker output stays in
-  `logs/worker-*.out`), set by actors.init_ray.
+  `logs/worker-*.out`), set by cluster/ray_init.init_ray.
 - The raylet's "N worker processes have been started ... Nx the maximum expected startup concurrency"
   warning: Ray caps worker start-up at min(physical cores, num_cpus), while a local cluster here declares
   more logical CPUs than cores on purpose (actors mostly wait on each other); a local cluster's start-up

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import yaml
-
+from sitf_ray import config as C
 from sitf_ray.methods import label as method_label
 from sitf_ray.runs.artifacts import Ledger, atomic_write_text, read_json, read_jsonl
+from sitf_ray.runs.tracking import flat_config
 
 
 def method_rows(results: dict) -> list[tuple[str, list[dict]]]:
@@ -81,22 +81,11 @@ def seeds_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_same_recipe(dirs: list[str | Path]) -> None:
     """Refuse to average runs as seeds unless they are seeds of one recipe: their config.yaml files may differ
     in `seed` only (and `storage`; `task.arith.data_seed` where it follows each run's seed), and no seed may
     come twice. Raises UsageError with one line naming the runs and the differing keys (or the seed)."""
-    from sitf_ray import config as C
-    flats = [_flat(yaml.safe_load((Path(d) / "config.yaml").read_text())) for d in dirs]
+    flats = [flat_config(C.load(Path(d) / "config.yaml")) for d in dirs]
     for f in flats:                        # a data seed that follows the run's seed is part of the seed
         if f.get("task.arith.data_seed") == f.get("seed"):
             f["task.arith.data_seed"] = "=seed"
