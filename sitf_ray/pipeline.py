@@ -19,6 +19,8 @@ from pathlib import Path
 from sitf_ray import config as C
 from sitf_ray import methods
 from sitf_ray.cluster.ray_init import init_ray
+from sitf_ray.cluster.scheduling import check_local_fits
+from sitf_ray.cluster.validate import local_needs
 from sitf_ray.feedback.stages import ITERATION_DATA
 from sitf_ray.rollout.stages import load_policy, stage_eval, stage_sample
 from sitf_ray.runs import tracking
@@ -103,6 +105,9 @@ def run(cfg: C.SIPFConfig, out: str | Path, resume: bool = False) -> dict:
     clock = RunClock(ctx.root, ctx.sync_log, extra=lambda: {"stages": stage_timings(ctx)})
     try:
         init_ray(cfg.cluster.num_cpus)
+        # what this local cluster can never place fails now, not at the stage that first asks for it
+        check_local_fits(local_needs(cfg, prm=any("prm" in methods.get(m).stages
+                                                  for m in [cfg.method, *cfg.baselines])))
         warm_trainer(ctx)
         build_m0(ctx)
         main = run_method(ctx, cfg.method)

@@ -100,6 +100,23 @@ class Watchdog:
                                    f"(SITF_SCHEDULE_TIMEOUT sets the wait)")
 
 
+def check_local_fits(needs: dict) -> None:
+    """On a local cluster (this command's own: no node will ever join it) each request must fit on one of its
+    nodes, checked at start: the Watchdog's "placed never" otherwise came when the request was first made, 40 s
+    into a quickstart. needs: what -> one replica's resources, e.g. {"Ray Train workers (cluster.train_cpus=64)":
+    {"CPU": 64}}. Raises ClusterError naming the first that cannot fit; a joined cluster (RAY_ADDRESS) may
+    grow and is left to the Watchdog."""
+    if joined():
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for what, bundle in needs.items():
+        want = {k: float(v) for k, v in bundle.items() if v}
+        if not any(all(res.get(k, 0.0) >= v for k, v in want.items()) for res in nodes):
+            raise ClusterError(f"{what}: asked for {bundles_text([want])}, placed never (no node of this local "
+                               f"cluster is that large); {cluster_has()}. Lower the cluster.* settings or add "
+                               f"resources")
+
+
 def wait_placement_group(pg, what: str, poll_s: float = 1.0) -> None:
     """Block until `pg` is placed; ClusterError (and the group removed) when it cannot be (Watchdog)."""
     from ray.util.placement_group import remove_placement_group

@@ -49,6 +49,19 @@ def role_needs(run_cfg) -> dict:
     }
 
 
+ROLE_NAMES = {"generator": "vLLM generators", "prm_scorer": "PRM scorers", "train_worker": "Ray Train workers"}
+
+
+def local_needs(run_cfg, prm: bool = True) -> dict:
+    """What -> one replica's resources, for scheduling.check_local_fits (the PRM scorers only when `prm`)."""
+    cl = run_cfg.cluster
+    keys = {"generator": f"cluster.generator_replicas={cl.generator_replicas}, cluster.generator_cpus={cl.generator_cpus:g}",
+            "prm_scorer": f"cluster.scorer_replicas={cl.scorer_replicas}, cluster.scorer_cpus={cl.scorer_cpus:g}",
+            "train_worker": f"cluster.train_workers={cl.train_workers}, cluster.train_cpus={cl.train_cpus:g}"}
+    return {f"{ROLE_NAMES[role]} ({keys[role]})": bundle for role, (bundle, _) in role_needs(run_cfg).items()
+            if prm or role != "prm_scorer"}
+
+
 def capacity_problems(raw: dict, run_cfg) -> list[str]:
     types = raw.get("available_node_types", {})
     problems = []

@@ -411,9 +411,12 @@ def start(run_dir: str, host: str = "127.0.0.1", port: int = 8000, token: Option
     dog = Watchdog(f"serve {run_dir} (replicas={replicas}, threads={threads}: {threads} CPU for the engine + 1 "
                    f"for its server, per replica)", timeout=limit)
     t0, stuck_since = time.time(), None
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     while t.is_alive():
         t.join(1.0)
-        if not t.is_alive():
+        # ready when a completion comes back, not when serve.run returns: that came up to 50 s after the
+        # API answered (issue 29), and the command's "serving" line waited for it
+        if not t.is_alive() or _generates(base, token):
             break
         try:
             dog.check()       # the LLM server's placement group
@@ -436,6 +439,19 @@ def start(run_dir: str, host: str = "127.0.0.1", port: int = 8000, token: Option
     if errors:
         raise errors[0]
     return f"http://{host}:{port}"
+
+
+def _generates(base: str, token: Optional[str]) -> bool:
+    """Does the API at `base` generate? One greedy token from /v1/completions, a user's first request."""
+    import json
+    import urllib.request
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    body = json.dumps({"prompt": "1", "max_tokens": 1, "temperature": 0}).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/v1/completions", body, headers), timeout=10) as r:
+            return r.status == 200
+    except Exception:        # not listening yet, 5xx while the LLM deployment starts, a timeout
+        return False
 
 
 def _replica_needs(message: str) -> str:
@@ -479,6 +495,7 @@ def serve_options(overrides: list[str]) -> dict:
 def serve_forever(run_dir: str, host: str, port: int, overrides: list[str]) -> int:
     from sitf_ray import config as C
     from sitf_ray.cluster.ray_init import init_ray, local_cpus
+    from sitf_ray.cluster.scheduling import check_local_fits
     opts = serve_options(overrides)
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
@@ -488,15 +505,22 @@ def serve_forever(run_dir: str, host: str, port: int, overrides: list[str]) -> i
     cfg = C.load(run / "config.yaml")
     token = opts.get("token") or os.environ.get("SITF_API_TOKEN")
     init_ray(local_cpus(cfg.cluster.num_cpus))
+    threads = opts.get("threads", 1)
+    check_local_fits({f"serve {run_dir} (threads={threads}: the vLLM engine's CPUs per replica)": {"CPU": threads}})
     print(f"[serve] starting the policy's vLLM server and the API for {run_dir} ...", flush=True)
     t0 = time.time()
-    url = start(run_dir, host, port, token, opts.get("replicas", 1), opts.get("max_replicas"),
-                threads=opts.get("threads", 1))
+    url = start(run_dir, host, port, token, opts.get("replicas", 1), opts.get("max_replicas"), threads=threads)
     print(f"[serve] {time.time() - t0:.1f} s  serving {run_dir} at {url} (OpenAI base URL {url}/v1; OpenAPI: "
           f"{url}/openapi.json){' with bearer token' if token else ''}", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        # Ctrl-C reaches the whole process group, Serve's controller too: serve.shutdown() then calls
+        # into a dying actor and Ray prints "(raylet) Task ServeController.graceful_shutdown failed".
+        # A local Ray is this command's own and stopping it stops Serve; only on a joined cluster
+        # (RAY_ADDRESS), which keeps running, are Serve's applications shut down here.
+        if os.environ.get("RAY_ADDRESS"):
+            serve.shutdown()
+        print("[serve] stopped", flush=True)
     return 0
