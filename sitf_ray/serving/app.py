@@ -495,7 +495,7 @@ def serve_options(overrides: list[str]) -> dict:
 def serve_forever(run_dir: str, host: str, port: int, overrides: list[str]) -> int:
     from sitf_ray import config as C
     from sitf_ray.cluster.ray_init import init_ray, local_cpus
-    from sitf_ray.cluster.scheduling import check_local_fits
+    from sitf_ray.cluster.scheduling import check_local_fits, joined
     opts = serve_options(overrides)
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
@@ -520,7 +520,7 @@ def serve_forever(run_dir: str, host: str, port: int, overrides: list[str]) -> i
         # into a dying actor and Ray prints "(raylet) Task ServeController.graceful_shutdown failed".
         # A local Ray is this command's own and stopping it stops Serve; only on a joined cluster
         # (RAY_ADDRESS), which keeps running, are Serve's applications shut down here.
-        if os.environ.get("RAY_ADDRESS"):
+        if joined():
             serve.shutdown()
         print("[serve] stopped", flush=True)
     return 0
