@@ -42,6 +42,12 @@ def test_m0_is_trained_to_convergence(m0_run, ray_session, tmp_path):
     # last checks within noise of the best
     tail = evals[-cfg.sft.patience:]
     assert max(tail) >= best - 0.05
+    # the record says which: early stopping = patience checks in a row without a gain above min_delta
+    checks_after_best = sum("val_accuracy" in h for h in sft["history"][sft["best"]["epoch"]:])
+    if sft["stopped_by"] == "early stopping":
+        assert checks_after_best >= cfg.sft.patience and sft["epochs"] >= cfg.sft.min_epochs, sft
+    else:
+        assert sft["stopped_by"] == "epoch cap" and sft["epochs"] == sft["max_epochs"], sft["stopped_by"]
     m0_acc = read_json(m0_run / "iter_00" / "eval.json")["accuracy"]
     assert 0.3 <= m0_acc <= 0.9, m0_acc
 

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from sitf_ray import config as C
-from sitf_ray.runs.artifacts import read_json, read_jsonl
+from sitf_ray.runs.artifacts import Ledger, read_json, read_jsonl
 
 from conftest import ROOT, TEST_OVERRIDES, copy_m0, free_port, mini_config
 
@@ -111,10 +111,12 @@ def test_prm_scorer_killed_mid_scoring_loses_nothing(mini_run, ray_session):
         pool.shutdown()
 
 
-STAGE_MARKERS = [   # kill the driver as soon as this file exists: the stage after it is then running
-    ("label", "iter_01/samples.jsonl"), ("score", "iter_01/prm_train.json"), ("pairs", "iter_01/scored.jsonl"),
-    ("train", "iter_01/pairs"), ("eval", "iter_01/train.json"), ("next iteration", "iter_01/DONE"),
-    ("outcome baseline", "iter_02/DONE")]
+STAGE_MARKERS = [   # (stage to kill in, kill once this ledger entry is recorded, the entry that stage records)
+    ("label", ("iter_01", "sample"), ("iter_01", "label")), ("PRM fit", ("iter_01", "label"), ("iter_01", "prm")),
+    ("score", ("iter_01", "prm"), ("iter_01", "score")), ("pairs", ("iter_01", "score"), ("iter_01", "pairs")),
+    ("train", ("iter_01", "pairs"), ("iter_01", "train")), ("eval", ("iter_01", "train"), ("iter_01", "eval")),
+    ("next iteration", ("iter_01", "eval"), ("iter_02", "sample")),
+    ("outcome baseline", ("iter_02", "eval"), ("baselines/outcome/iter_01", "train"))]
 
 
 @pytest.mark.slow
@@ -126,16 +128,18 @@ def test_driver_sigkill_in_every_stage_resumes_to_identical_results(mini_run, m0
     (d / "config.yaml").write_text(C.dump(mini_config()))
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     cmd = [sys.executable, "-m", "sitf_ray.cli", "resume", str(d)]
-    for stage, marker in STAGE_MARKERS:
+    recorded = lambda it, entry: entry in Ledger(d / it).data      # noqa: E731
+    for stage, after, named in STAGE_MARKERS:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 900
-        while not (d / marker).exists():
+        while not recorded(*after):
             assert p.poll() is None, f"driver ended before reaching {stage}"
             assert time.time() < deadline
-            time.sleep(0.1)
-        time.sleep(1.0)
+            time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.wait()
+        # the kill landed before the stage it names was recorded: the resume has that stage to redo
+        assert not recorded(*named), f"the kill meant for {stage} landed after it finished"
         print(f"\nkilled the driver during: {stage}")
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -104,8 +104,9 @@ def iteration_record(it: Path, k: int) -> dict:
                 rec[f"{stage}_{key}"] = figs[key]
     if k == 0 and (it / "sft.json").exists():   # did M_0's SFT stop on validation or at its epoch cap?
         sft = read_json(it / "sft.json")
-        if "max_epochs" in sft:
-            rec["sft_early_stopped"] = sft["epochs"] < sft["max_epochs"]
+        if "max_epochs" in sft:       # older runs recorded no stopped_by: stopping before the cap is early
+            rec["sft_early_stopped"] = (sft["stopped_by"] == "early stopping" if sft.get("stopped_by")
+                                        else sft["epochs"] < sft["max_epochs"])
             rec["sft_epochs"] = sft["epochs"]
     if "vs_oracle" in led.get("label"):
         rec["label_f1_vs_oracle"] = led.get("label")["vs_oracle"].get("f1")

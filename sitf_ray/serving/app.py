@@ -410,7 +410,7 @@ def start(run_dir: str, host: str = "127.0.0.1", port: int = 8000, token: Option
     limit = schedule_timeout() if timeout is None else timeout
     dog = Watchdog(f"serve {run_dir} (replicas={replicas}, threads={threads}: {threads} CPU for the engine + 1 "
                    f"for its server, per replica)", timeout=limit)
-    t0, stuck_since = time.time(), None
+    stuck_since = None
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     while t.is_alive():
         t.join(1.0)

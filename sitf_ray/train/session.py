@@ -80,6 +80,7 @@ class FitResult:
     last_step_at: Optional[float] = None
     precision: Optional[dict] = None        # precision.Decision.as_dict() of the training workers (rank 0)
     restored_from_epoch: int = 0            # the epoch checkpoint the fit resumed from after a failure (0: none)
+    stopped_by: Optional[str] = None        # validated fits: 'early stopping' or 'epoch cap' (worker.stopped_by)
 
 
 # ------------------------------------------------------------------------------------------ job board
@@ -262,7 +263,7 @@ def _collect(job: FitJob, final_uri: str, t0: float) -> FitResult:
     return FitResult(out_dir=str(out), steps=info["steps"], epochs=info["epochs"], seconds=time.time() - t0,
                      history=info["history"], best=info.get("best"), first_step_at=info.get("first_step_at"),
                      last_step_at=info.get("last_step_at"), precision=info.get("precision"),
-                     restored_from_epoch=info.get("restored_from_epoch", 0))
+                     restored_from_epoch=info.get("restored_from_epoch", 0), stopped_by=info.get("stopped_by"))
 
 
 def split_dataset(ds, workers: int) -> list:

@@ -100,10 +100,11 @@ def build_m0(ctx: Context) -> dict:
                "min_delta": s.min_delta, "max_tokens": cfg.eval.max_tokens, "min_epochs": s.min_epochs}
         res = fit_policy(ctx, f"m0-sft-{cfg.seed}", init, it / "policy", "sft", hp, sft_rows(ctx), validate=val)
         write_json(it / "sft.json", {"steps": res.steps, "epochs": res.epochs, "max_epochs": s.max_epochs,
-                                     "best": res.best, "history": res.history, "seconds": res.seconds})
+                                     "stopped_by": res.stopped_by, "best": res.best, "history": res.history,
+                                     "seconds": res.seconds})
         led.mark("sft", ["policy", "sft.json"], seconds=time.time() - t0, steps=res.steps)
         summary("sft M_0", time.time() - t0, epochs=res.epochs, steps=res.steps,
-                best_val=(res.best or {}).get("val_accuracy"))
+                best_val=(res.best or {}).get("val_accuracy"), stopped_by=res.stopped_by)
     return stage_eval(ctx, it, led, it / "policy", "M_0")
 
 

@@ -491,12 +491,23 @@ def finish(state: FitState) -> None:
             save_final(s.model, s.tok, s.job, Path(d) / "model")
             info = {"steps": s.step, "epochs": len(s.history), "history": s.history, "best": s.best,
                     "first_step_at": s.first_step_at, "last_step_at": s.last_step_at,
-                    "precision": s.precision.as_dict(), "restored_from_epoch": s.restored_epoch}
+                    "precision": s.precision.as_dict(), "restored_from_epoch": s.restored_epoch,
+                    "stopped_by": stopped_by(s)}
             (Path(d) / "fit_result.json").write_text(json.dumps(info))
         ray.train.report({"epoch": len(s.history), "final": 1},
                          checkpoint=Checkpoint.from_directory(d) if s.rank == 0 else None,
                          checkpoint_dir_name=final_checkpoint_name(s.name))
     s.prof("final reported")
+
+
+def stopped_by(s: FitState) -> Optional[str]:
+    """What ended a validated fit: 'early stopping' (val.patience validations without improvement after
+    val.min_epochs: converged; it wins when it falls on the last epoch too) or 'epoch cap' (hp.epochs ran out
+    first); None for a fit without validation."""
+    if not s.val:
+        return None
+    converged = s.bad_evals >= int(s.val["patience"]) and len(s.history) >= int(s.val.get("min_epochs", 0))
+    return "early stopping" if converged else "epoch cap"
 
 
 def record_step(log: dict, loss: float, lr: float, grad_norm: float, sums: dict, n: int) -> None:
