@@ -138,7 +138,7 @@ def copy_m0(m0_run: Path, dest: Path) -> Path:
     return dest
 
 
-# train.lr=3e-4: at the default 1e-3 this recipe's one ORPO step from a fresh optimizer costs M_0 10 points
+# train.lr=3e-4: at 1e-3 (the default until 2026-12-07; now 5e-4) this recipe's one ORPO step from a fresh optimizer costs M_0 10 points
 # (65.2 -> 54.6 % on 1,000 held-out questions; docs/RESULTS.md section 9), and the learning check would fail
 MINI = ["iterations=2", "baselines=[outcome]", "sampling.n=4", "labeling.k=2", "prm.epochs=1",
         "train.epochs=1", "train.lr=3e-4", "pairs.eta=0.05", "cluster.train_workers=2",

@@ -110,8 +110,8 @@ def test_sipf_update_learns_its_pairs_and_keeps_held_out_log_odds_and_accuracy(f
     - lowers those of pairs no fit saw (iteration 2's, from M_1's own samples after the update) by at most 0.5;
     - keeps test accuracy within 3 of its 60 questions.
     Margins from seeds 0, 1, 2 of this recipe (docs/RESULTS.md section 9). Seen failing with the update at
-    the product's default train.lr=1e-3 (one ORPO step from a fresh optimizer): held-out log odds 3.99 -> 2.25
-    (seed 0) and 3.35 -> 1.36 (seed 1), accuracy 65.0 -> 58.3 % (seed 0)."""
+    train.lr=1e-3 (the product's default until 2026-12-07; one ORPO step from a fresh optimizer): held-out log
+    odds 3.99 -> 2.25 (seed 0) and 3.35 -> 1.36 (seed 1), accuracy 65.0 -> 58.3 % (seed 0)."""
     d, res = full_run
     cfg = mini_config()
     lo = {(k, pairs): pair_log_odds(d / f"iter_{k:02d}" / "policy", d / f"iter_{pairs:02d}" / "pairs", cfg)
