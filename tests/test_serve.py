@@ -26,6 +26,13 @@ def api(mini_run, ray_session):
     from sitf_ray.serving.app import start
     d, _ = mini_run
     url = start(str(d), port=free_port(), token=TOKEN, name="sitf-test")
+    # start() returns (and `serve` prints its "serving" line) only once every deployment, the vLLM engine's
+    # included, has a running replica: Serve queues a request to a replica still starting, so a first
+    # request would succeed either way and cannot tell (issue 29; seen failing with the readiness check
+    # replaced by `True`, which returned while the LLM replica was still starting)
+    app = serve.status().applications["sitf-test"]
+    assert all(dep.replica_states.get("RUNNING", 0) >= 1 for dep in app.deployments.values()), \
+        {n: (dep.status, dep.replica_states) for n, dep in app.deployments.items()}
     s = requests.Session()
     s.headers["Authorization"] = f"Bearer {TOKEN}"
     yield url, s
