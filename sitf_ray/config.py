@@ -142,7 +142,11 @@ class TaskConfig(_Base):
 
 class SFTConfig(_Base):
     """Supervised fine-tuning of M_0 on gold solutions, run to convergence."""
-    max_epochs: int = Field(50, ge=1)
+    max_epochs: int = Field(70, ge=1)
+    # the cosine reaches min_lr_ratio * lr at this epoch (or at max_epochs if that comes first) and the lr holds
+    # there after it: the best comes near the end of the decay, and the held epochs let early stopping see the
+    # plateau before the cap (docs/RESULTS.md section 11)
+    decay_epochs: int = Field(50, ge=1)
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     batch_size: int = Field(64, ge=1)

@@ -60,6 +60,21 @@ def test_a_failing_job_raises_a_clear_error_and_the_next_fit_works(m0, tmp_path,
     assert ok.steps == 4
 
 
+def test_lr_holds_at_its_floor_after_decay_epochs(m0, tmp_path, ray_session):
+    """sft.decay_epochs: the cosine ends at epoch 1 of 3 and the lr stays at min_lr_ratio * lr after it
+    (transformers' cosine alone would climb back up past its end)."""
+    import ray.data
+
+    from sitf_ray.train.session import fit
+    res = fit(_job(m0, tmp_path, "held", hp={"epochs": 3, "decay_epochs": 1, "warmup_steps": 1,
+                                             "min_lr_ratio": 0.1}), {"train": ray.data.from_items(ROWS)})
+    lrs = [h["step_log"]["learning_rate"] for h in res.history]
+    assert [len(x) for x in lrs] == [4, 4, 4]
+    assert lrs[0][0] == 0.0 and lrs[0][1] == pytest.approx(1e-3)          # warm-up, then the cosine
+    assert lrs[0][1] > lrs[0][2] > lrs[0][3] > 1e-4
+    assert lrs[1] + lrs[2] == pytest.approx([1e-4] * 8)
+
+
 _GLOO = """
 import os, sys, datetime, torch, torch.distributed as dist
 rank = int(sys.argv[1])

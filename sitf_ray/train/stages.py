@@ -95,7 +95,8 @@ def build_m0(ctx: Context) -> dict:
         t0 = time.time()
         s = cfg.sft
         hp = {"lr": s.lr, "epochs": s.max_epochs, "batch_size": s.batch_size, "warmup_steps": s.warmup_steps,
-              "weight_decay": s.weight_decay, "min_lr_ratio": s.min_lr_ratio, "max_grad_norm": 1.0}
+              "weight_decay": s.weight_decay, "min_lr_ratio": s.min_lr_ratio, "max_grad_norm": 1.0,
+              "decay_epochs": s.decay_epochs}
         val = {"task": cfg.task.name, "rows": ctx.splits["val"], "every": s.eval_every, "patience": s.patience,
                "min_delta": s.min_delta, "max_tokens": cfg.eval.max_tokens, "min_epochs": s.min_epochs}
         res = fit_policy(ctx, f"m0-sft-{cfg.seed}", init, it / "policy", "sft", hp, sft_rows(ctx), validate=val)

@@ -264,6 +264,8 @@ def setup(job: dict, shard, rank: int, world: int) -> FitState:
     if max_steps:
         epochs = math.ceil(max_steps / steps_per_epoch)
     total_steps = max(1, max_steps or epochs * steps_per_epoch)
+    # the cosine may end before the cap (hp.decay_epochs): the lr then holds at its floor until early stopping
+    decay_steps = min(total_steps, int(hp.get("decay_epochs") or epochs) * steps_per_epoch)
 
     model = load_model(job)
     ref_model = load_reference_model(job) if objective.needs_ref_model else None
@@ -276,7 +278,7 @@ def setup(job: dict, shard, rank: int, world: int) -> FitState:
     if ref_model is not None:
         ref_model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = make_optimizer(params, hp, total_steps)
+    opt, sched = make_optimizer(params, hp, total_steps, decay_steps)
     state = FitState(job=job, rank=rank, world=world, objective=objective, tok=tok, pad_id=pad_id, rows=rows,
                      row_lens=[max(len(v) for k, v in r.items() if k.endswith("input_ids")) for r in rows],
                      model=model, ref_model=ref_model, ddp_model=ddp_model, device=device, precision=precision,
@@ -309,19 +311,30 @@ def load_reference_model(job: dict):
     return ref_model
 
 
-def make_optimizer(params: list, hp: dict, total_steps: int):
+def make_optimizer(params: list, hp: dict, total_steps: int, decay_steps: Optional[int] = None):
     """(optimizer, scheduler): AdamW (or SGD) at hp.lr; linear warm-up over hp.warmup_steps optimizer steps
-    (at most half the fit), then cosine down to hp.min_lr_ratio * lr at `total_steps`."""
+    (at most half the fit), then cosine down to hp.min_lr_ratio * lr at `decay_steps` (default `total_steps`),
+    held there to `total_steps` (transformers' get_cosine_with_min_lr_schedule_with_warmup, whose cosine would
+    climb back past its end)."""
+    import functools
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    decay_steps = min(total_steps, decay_steps or total_steps)
     if hp.get("optimizer", "adamw") == "sgd":   # linear in the gradient: used to check DDP equivalence
         opt = torch.optim.SGD(params, lr=float(hp["lr"]))
     else:
         opt = torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
     sched = get_cosine_with_min_lr_schedule_with_warmup(
-        opt, num_warmup_steps=min(int(hp.get("warmup_steps", 0)), total_steps // 2),
-        num_training_steps=total_steps, min_lr_rate=float(hp.get("min_lr_ratio", 0.1)))
+        opt, num_warmup_steps=min(int(hp.get("warmup_steps", 0)), decay_steps // 2),
+        num_training_steps=decay_steps, min_lr_rate=float(hp.get("min_lr_ratio", 0.1)))
+    if decay_steps < total_steps:
+        sched.lr_lambdas[0] = functools.partial(_held_after, sched.lr_lambdas[0], decay_steps)
     return opt, sched
+
+
+def _held_after(lr_lambda: Callable, end: int, step: int) -> float:
+    """lr_lambda(step) up to `end`, lr_lambda(end) after it."""
+    return lr_lambda(min(step, end))
 
 
 def restore(state: FitState, resume) -> None:
