@@ -18,8 +18,8 @@ from test_console import SITF_RAY, user_env
 # Margins below the smallest gain measured on five quickstart runs (seeds 0, 1, 2 on an Intel Xeon, two new-user
 # seeds on an AMD EPYC; test n = 1,000, one standard error ~1.5 points). A sixth, seed 0 on the AMD EPYC, fails
 # it: every arm loses ~5 points at the first update and SIPF ends 0.4 below M_0 (docs/RESULTS.md section 9). At
-# today's defaults the same seed and CPU passes the first two margins (+2.8 over M_0, +0.1 over outcome) and fails
-# the strict one (+0.9 over outcome; section 11): the loop's lead over outcome feedback is not robust yet.
+# today's defaults on the AMD EPYC (section 11) seeds 1 and 2 pass; seed 0 passes the first two margins (+2.8 over
+# M_0, +0.1 over outcome) and fails the strict one (+0.9 over outcome): SIPF's lead over outcome is not robust yet.
 MIN_GAIN_OVER_M0 = 1.5          # measured: +2.5 to +6.4 points
 MIN_GAIN_OVER_OUTCOME = 0.0     # measured: +0.9 to +4.3
 MIN_STRICT_GAIN_OVER_OUTCOME = 1.5   # measured: +2.5 to +5.9
