@@ -265,7 +265,7 @@ def setup(job: dict, shard, rank: int, world: int) -> FitState:
         epochs = math.ceil(max_steps / steps_per_epoch)
     total_steps = max(1, max_steps or epochs * steps_per_epoch)
     # the cosine may end before the cap (hp.decay_epochs): the lr then holds at its floor until early stopping
-    decay_steps = min(total_steps, int(hp.get("decay_epochs") or epochs) * steps_per_epoch)
+    decay_steps = int(hp.get("decay_epochs") or epochs) * steps_per_epoch     # make_optimizer caps it at total
 
     model = load_model(job)
     ref_model = load_reference_model(job) if objective.needs_ref_model else None
